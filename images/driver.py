@@ -1,0 +1,94 @@
+"""The interface every image format offers, and the run type that block status returns.
+
+A ``BlockImage`` is one layer of a backing chain.  ``backing`` links it to the layer
+below (another ``BlockImage``, or None).  Reads fall through to the backing image for
+ranges this layer does not allocate; ``block_status`` describes this layer alone.
+
+Guest offsets are bytes.  Every public method takes ``self.lock`` (a re-entrant
+lock) for its whole duration, so a caller that holds the lock can make a sequence of
+calls (check status, then write) atomic with respect to other threads.
+"""
+import threading
+from dataclasses import dataclass
+from typing import List, Optional
+
+DATA = "data"              # this layer holds the bytes
+ZERO = "zero"              # this layer says: reads as zero (qcow2 zero flag)
+UNALLOCATED = "unallocated"  # this layer does not say; read the backing image
+
+
+@dataclass(frozen=True)
+class Run:
+    """A maximal range of one kind.
+
+    ``host_offset`` is where DATA lives in the image file when it is stored plainly
+    (None for compressed clusters, ZERO and UNALLOCATED).  ``depth`` is used by chain
+    status: the index of the layer that decided the kind (0 = the top).
+    """
+    kind: str
+    offset: int
+    length: int
+    host_offset: Optional[int] = None
+    depth: int = 0
+
+    @property
+    def end(self) -> int:
+        return self.offset + self.length
+
+
+class BlockImage:
+    """Base class of image formats. Subclasses implement the methods that raise."""
+
+    format_name = "?"
+
+    def __init__(self, path: str, read_only: bool):
+        self.path = path
+        self.read_only = read_only
+        self.lock = threading.RLock()
+        self.backing: Optional["BlockImage"] = None
+        self.backing_name: Optional[str] = None    # the string stored in the header
+        self.backing_format: Optional[str] = None  # the format stored in the header
+        self.node_name: Optional[str] = None       # set by whoever names the nodes
+        self.virtual_size = 0
+        self.cluster_size = 512
+
+    # -- reads -------------------------------------------------------------
+    def read(self, offset: int, length: int) -> bytes:
+        """Guest-visible bytes, falling through to ``backing`` (zeros past its end)."""
+        raise NotImplementedError
+
+    def block_status(self, offset: int, length: int) -> List[Run]:
+        """Runs covering exactly [offset, offset+length), adjacent runs of a kind merged."""
+        raise NotImplementedError
+
+    # -- writes ------------------------------------------------------------
+    def write(self, offset: int, data: bytes) -> None:
+        raise NotImplementedError
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        raise NotImplementedError
+
+    def discard(self, offset: int, length: int) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def set_backing_reference(self, name: Optional[str], fmt: Optional[str]) -> None:
+        """Rewrite the stored backing name and format (None removes both) atomically."""
+        raise NotImplementedError
+
+    def set_read_only(self, read_only: bool) -> None:
+        """Reopen for reading only, or for writing (refusing what cannot be written)."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        raise NotImplementedError
+
+    def info(self) -> dict:
+        """qemu-img-info-like facts: format, virtual-size, cluster-size, actual-size,
+        and for qcow2 a ``format-specific`` dict (compat, refcount-bits, ...)."""
+        raise NotImplementedError
+
+    def __repr__(self):
+        return "<%s %s>" % (type(self).__name__, self.path)

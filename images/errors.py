@@ -1,0 +1,60 @@
+"""The error tree of the block layer.
+
+    BlockError                 anything the block layer refuses or fails to do
+     +-- ImageError            a malformed, unsupported or unusable image file
+     |    +-- ChainError       a backing chain that cannot be opened (loop, missing, too deep)
+     +-- ImageIOError          an I/O error while reading or writing an image (carries errno)
+     +-- JobError              a job verb that the job's state does not allow, or a bad job id
+
+Every error carries ``desc``, the one-line message shown to the user (QEMU's text
+where QEMU has one), plus structured fields naming what went wrong. Mapping to QMP
+error classes happens in exactly one place, ``commands/errors.py``.
+"""
+import errno as _errno
+
+
+class BlockError(Exception):
+    """Base class: ``desc`` is the one-line, user-facing message."""
+
+    def __init__(self, desc: str):
+        super().__init__(desc)
+        self.desc = desc
+
+
+class ImageError(BlockError):
+    """A malformed or unsupported image. ``path`` names the file, ``value`` the offending value."""
+
+    def __init__(self, desc: str, path: str = None, value=None):
+        super().__init__(desc)
+        self.path = path
+        self.value = value
+
+
+class ChainError(ImageError):
+    """A backing chain that cannot be opened; ``chain`` lists the file names walked so far."""
+
+    def __init__(self, desc: str, chain=(), path: str = None):
+        super().__init__(desc, path=path)
+        self.chain = list(chain)
+
+
+class ImageIOError(BlockError):
+    """An I/O error on an image; ``errno`` is the OS error number (EIO, ENOSPC, ...)."""
+
+    def __init__(self, desc: str = None, errno: int = _errno.EIO, operation: str = "read"):
+        super().__init__(desc or _errno_text(errno))
+        self.errno = errno
+        self.operation = operation
+
+
+class JobError(BlockError):
+    """A job verb refused, or a job that cannot be found (``not_found`` is then true)."""
+
+    def __init__(self, desc: str, not_found: bool = False):
+        super().__init__(desc)
+        self.not_found = not_found
+
+
+def _errno_text(err: int) -> str:
+    import os
+    return os.strerror(err)

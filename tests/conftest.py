@@ -1,0 +1,61 @@
+"""Shared fixtures: the qemu-utils oracle and scratch chains.
+
+Tests that need qemu-img or qemu-io use the ``qemu_img`` fixture (or call
+``require_qemu()``).  Without qemu-utils they skip with a hint; with
+BLOCKMON_REQUIRE_QEMU=1 (set by CI) they fail instead.
+"""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(ROOT), "shared")
+MAKE_CHAIN = os.path.join(SHARED, "bench", "make_chain.sh")
+if ROOT not in sys.path:
+    sys.path.insert(0, ROOT)
+
+QEMU_HINT = "needs qemu-img and qemu-io: apt-get update && apt-get install -y qemu-utils"
+
+
+def require_qemu():
+    """Skip (or fail under BLOCKMON_REQUIRE_QEMU=1) unless qemu-img and qemu-io exist."""
+    missing = [tool for tool in ("qemu-img", "qemu-io") if shutil.which(tool) is None]
+    if not missing:
+        return
+    message = "%s missing; %s" % (", ".join(missing), QEMU_HINT)
+    if os.environ.get("BLOCKMON_REQUIRE_QEMU") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
+def run(*argv, check=True, **kw):
+    """Run a command, returning CompletedProcess with text output."""
+    return subprocess.run(list(argv), check=check, capture_output=True, text=True, **kw)
+
+
+@pytest.fixture
+def qemu_img():
+    require_qemu()
+    return shutil.which("qemu-img")
+
+
+@pytest.fixture(scope="session")
+def bench_chain_256m(tmp_path_factory):
+    """The benchmark chain A <- B <- C <- D at 256 MiB, built once per session (read it, don't write it)."""
+    require_qemu()
+    if not os.path.exists(MAKE_CHAIN):
+        pytest.fail("missing %s (../shared must sit beside the checkout)" % MAKE_CHAIN)
+    directory = tmp_path_factory.mktemp("chain256")
+    run("bash", MAKE_CHAIN, "256M", str(directory))
+    return str(directory)
+
+
+@pytest.fixture
+def chain_copy(bench_chain_256m, tmp_path):
+    """A private, writable copy of the 256 MiB benchmark chain."""
+    target = tmp_path / "chain"
+    run("cp", "-a", "--sparse=always", bench_chain_256m, str(target))
+    return str(target)
