@@ -227,9 +227,33 @@ def test_bench_chain_map_equals_qemu_img_map(bench_chain_256m, bench_top):
     theirs = qemu_map(os.path.join(bench_chain_256m, "D.qcow2"))
     ours = qemu_img_map(bench_top)
     assert_same_per_byte(ours, theirs, ("depth", "present", "zero", "data"))
-    # host offsets of data agree too
-    data_only = lambda entries: [e for e in entries if e["data"]]
-    assert_same_per_byte(data_only(ours), data_only(theirs), ("offset",))
+    # Entry for entry too, host offsets of data included.  The qcow2 driver reports no
+    # host offset for zero clusters that keep one (QEMU prints it), so those are left out.
+    assert [without_zero_offsets(e) for e in ours] == [without_zero_offsets(e) for e in theirs]
+
+
+def without_zero_offsets(entry):
+    return {key: value for key, value in entry.items() if key != "offset" or entry["data"]}
+
+
+def test_shorter_middle_layer_map_equals_qemu_img_map(qemu_img, tmp_path):
+    """B is shorter than C and A: past B's end C decides "zero, not present", as QEMU says."""
+    for name, size, backing in (("A.qcow2", "4M", None), ("B.qcow2", "2M", "A.qcow2"), ("C.qcow2", "4M", "B.qcow2")):
+        argv = [qemu_img, "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096"]
+        argv += ["-b", backing, "-F", "qcow2"] if backing else []
+        run(*argv, name, size, cwd=str(tmp_path))
+    run("qemu-io", "-f", "qcow2", "-c", "write -P 1 0 4M", str(tmp_path / "A.qcow2"))
+    run("qemu-io", "-f", "qcow2", "-c", "write -z 1M 8k", str(tmp_path / "B.qcow2"))
+    run("qemu-io", "-f", "qcow2", "-c", "write -P 3 3M 4k", str(tmp_path / "C.qcow2"))
+    top = open_image(str(tmp_path / "C.qcow2"), read_only=True)
+    try:
+        expected = qemu_map(str(tmp_path / "C.qcow2"))
+        assert [without_zero_offsets(e) for e in qemu_img_map(top)] == [without_zero_offsets(e) for e in expected]
+        assert [(r.kind, r.offset, r.depth) for r in block_status_above(top, None, 0, 4 << 20)] == [
+            (DATA, 0, 2), (ZERO, 1 << 20, 1), (DATA, (1 << 20) + 8192, 2), (ZERO, 2 << 20, 0),
+            (DATA, 3 << 20, 0), (ZERO, (3 << 20) + 4096, 0)]
+    finally:
+        close_chain(top)
 
 
 def test_bench_chain_with_base_b_equals_qemu_img_map_of_the_cut_chain(bench_chain_256m, bench_top):
