@@ -3,7 +3,8 @@ import errno
 
 import pytest
 
-from images.chain import block_status_above
+from conftest import run
+from images.chain import block_status_above, chain_of, close_chain, open_image
 from images.driver import DATA, UNALLOCATED, BlockImage, Run
 from images.errors import ImageIOError
 from images.faults import FaultInjectingImage
@@ -114,3 +115,25 @@ def test_wrapped_backing_fails_reads_that_fall_through(raw):
         top.read(96 * KIB, 8 * KIB)
     assert [(r.kind, r.depth) for r in block_status_above(top, None, 0, raw.virtual_size)] == [
         (DATA, 0), (DATA, 1)]
+
+
+def test_wrapping_a_qcow2_layer_of_a_real_chain(qemu_img, tmp_path):
+    run(qemu_img, "create", "-q", "-f", "qcow2", "A.qcow2", "1M", cwd=str(tmp_path))
+    run(qemu_img, "create", "-q", "-f", "qcow2", "-b", "A.qcow2", "-F", "qcow2", "B.qcow2", "1M",
+        cwd=str(tmp_path))
+    run("qemu-io", "-f", "qcow2", "-c", "write -P 0x41 0 1M", str(tmp_path / "A.qcow2"))
+    run("qemu-io", "-f", "qcow2", "-c", "write -P 0x42 0 64k", str(tmp_path / "B.qcow2"))
+    top = open_image(str(tmp_path / "B.qcow2"), read_only=True)
+    try:
+        faulty = FaultInjectingImage(top.backing)
+        top.backing = faulty
+        faulty.inject("read", 512 * KIB, 4 * KIB, errno=errno.EIO)
+        assert top.read(0, 4) == b"\x42" * 4 and top.read(128 * KIB, 4) == b"\x41" * 4
+        with pytest.raises(ImageIOError) as caught:
+            top.read(510 * KIB, 4 * KIB)
+        assert (caught.value.errno, caught.value.operation) == (errno.EIO, "read")
+        assert chain_of(top)[1] is faulty and faulty.format_name == "qcow2"
+        faulty.clear()
+        assert top.read(510 * KIB, 4 * KIB) == b"\x41" * (4 * KIB)
+    finally:
+        close_chain(top)
