@@ -52,6 +52,12 @@ def test_open_missing_file_names_it(tmp_path):
     assert caught.value.desc == "Could not open '%s': No such file or directory" % path
 
 
+def test_open_directory_is_refused(tmp_path):
+    with pytest.raises(ImageError) as caught:
+        RawImage.open(str(tmp_path), read_only=True)
+    assert caught.value.desc == "Could not open '%s': Is a directory" % tmp_path
+
+
 def test_write_then_read_back_unaligned(image):
     image.write(MIB - 3, b"hello world")
     assert image.read(MIB - 5, 15) == b"\0\0hello world\0\0"
