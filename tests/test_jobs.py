@@ -120,12 +120,23 @@ def registry():
 
 @pytest.fixture
 def make(bus, rec, registry):
-    """make(**kw) -> a ChunkJob 'virtio0' added to the registry (not started)."""
+    """make(**kw) -> a ChunkJob 'virtio0' added to the registry (not started).
+
+    Teardown cancels whatever a test left running, so no thread stays parked.
+    """
+    made = []
+
     def factory(job_id="virtio0", **kw):
         job = ChunkJob(job_id, bus, rec, **kw)
         registry.add(job)
+        made.append(job)
         return job
-    return factory
+    yield factory
+    for job in made:
+        if job.status in VERBS["cancel"]:
+            job.cancel(force=True)
+        if job.gate is not None:
+            job.gate.release(job.chunks + 1)
 
 
 def run_to_end(job):
@@ -405,3 +416,237 @@ def test_a_failing_clean_hook_still_concludes_and_is_raised(make, rec):
     with pytest.raises(RuntimeError, match="clean broke"):
         job.finalize()
     assert rec.trace[-3:] == ["BLOCK_JOB_COMPLETED", "concluded", "null"]
+
+
+# -- verbs refused, with QEMU's texts -------------------------------------------------
+
+VERB_CALLS = {
+    "cancel": lambda job: job.cancel(force=True),
+    "pause": lambda job: job.pause(),
+    "resume": lambda job: job.resume(),
+    "set-speed": lambda job: job.set_speed(1),
+    "complete": lambda job: job.complete(),
+    "finalize": lambda job: job.finalize(),
+    "dismiss": lambda job: job.dismiss(),
+}
+
+
+def expected_refusal(status, verb, user_paused):
+    """The error QEMU gives for ``verb`` in ``status`` (None: the verb would be accepted)."""
+    if verb == "resume" and not user_paused:
+        return "Can't resume a job that was not paused"      # checked before the state
+    if status not in VERBS[verb]:
+        return "Job 'virtio0' in state '%s' cannot accept command verb '%s'" % (status, verb)
+    if verb == "pause" and user_paused:
+        return "Job is already paused"
+    if verb == "complete":
+        return "The active block job 'virtio0' cannot be completed"
+    return None
+
+
+REACHABLE = ("created", "running", "paused", "pending", "concluded")
+REFUSALS = [(state, verb) for state in REACHABLE for verb in sorted(VERB_CALLS)
+            if expected_refusal(state, verb, state == "paused") is not None]
+
+
+def job_in_state(make, rec, state):
+    if state == "created":
+        return make()
+    if state in ("running", "paused"):
+        job = make(gate=threading.Semaphore(0))
+        job.start()
+        wait_until(lambda: job.len > 0)       # the body is parked at its gate
+        if state == "paused":
+            job.pause()
+            job.gate.release()
+            rec.wait_for("paused")
+        return job
+    job = make(chunks=1, auto_finalize=state != "pending", auto_dismiss=state != "concluded")
+    job.start()
+    rec.wait_for("BLOCK_JOB_PENDING" if state == "pending" else "concluded")
+    return job
+
+
+def test_the_refusal_cases_cover_every_reachable_state():
+    assert {state for state, _ in REFUSALS} == set(REACHABLE) and len(REFUSALS) == 23
+
+
+@pytest.mark.parametrize("state, verb", REFUSALS)
+def test_refused_verbs_in_reachable_states(make, rec, state, verb):
+    job = job_in_state(make, rec, state)
+    assert job.status == state
+    expected = expected_refusal(state, verb, job.user_paused)
+    before = (list(rec.trace), job.info())
+    with pytest.raises(JobError) as refused:
+        VERB_CALLS[verb](job)
+    assert refused.value.desc == expected
+    assert (rec.trace, job.info()) == before
+
+
+@pytest.mark.parametrize("state", STATES)
+def test_every_verb_outside_its_states_is_refused(make, rec, state):
+    # White-box: force each state (most cannot be reached by a stream) and check the table.
+    job = make()
+    job.status = state
+    for verb in sorted(set(VERB_CALLS) - {"resume"}):
+        expected = expected_refusal(state, verb, False)
+        if expected is None:
+            continue
+        with pytest.raises(JobError) as refused:
+            VERB_CALLS[verb](job)
+        assert refused.value.desc == expected, verb
+        assert job.status == state
+    job.status = "created"
+
+
+def test_complete_on_a_running_stream(make):
+    job = job_in_state(make, None, "running")
+    with pytest.raises(JobError) as refused:
+        job.complete()
+    assert refused.value.desc == \
+        "Job 'virtio0' in state 'running' cannot accept command verb 'complete'"
+
+
+def test_pause_errors(make, rec):
+    job = job_in_state(make, rec, "running")
+    with pytest.raises(JobError, match="^Can't resume a job that was not paused$"):
+        job.resume()
+    job.pause()
+    with pytest.raises(JobError, match="^Job is already paused$"):
+        job.pause()
+    with pytest.raises(JobError) as refused:
+        job.cancel()
+    assert refused.value.desc == "The block job for device 'virtio0' is currently paused"
+    assert job.user_paused and not job.is_cancelled
+
+
+def test_negative_speed_is_refused_and_changes_nothing(make, rec):
+    job = job_in_state(make, rec, "running")
+    job.set_speed(4096)
+    with pytest.raises(JobError) as refused:
+        job.set_speed(-5)
+    assert refused.value.desc == "Parameter 'speed' expects a non-negative value"
+    assert job.info()["speed"] == 4096
+
+
+def test_a_negative_speed_at_creation_gives_created_then_null(bus, rec, registry):
+    job = ChunkJob("virtio0", bus, rec, speed=-1)
+    with pytest.raises(JobError) as refused:
+        registry.add(job)
+    assert refused.value.desc == "Parameter 'speed' expects a non-negative value"
+    assert rec.trace == ["created", "null"] and registry.jobs() == []
+
+
+def test_an_unknown_on_error_policy_is_refused(bus, rec):
+    with pytest.raises(JobError) as refused:
+        ChunkJob("virtio0", bus, rec, on_error="retry")
+    assert refused.value.desc == "Parameter 'on-error' does not accept value 'retry'"
+
+
+# -- registry ------------------------------------------------------------------------
+
+@pytest.mark.parametrize("job_id", ["#block377", "", "1abc", "a b", "-a", "a/b", "v\u00edrtio0",
+                                    "a,b"])
+def test_invalid_job_ids(bus, rec, registry, job_id):
+    with pytest.raises(JobError) as refused:
+        registry.add(ChunkJob(job_id, bus, rec))
+    assert refused.value.desc == "Invalid job ID '%s'" % job_id
+    assert rec.trace == [] and registry.jobs() == []
+
+
+@pytest.mark.parametrize("job_id", ["virtio0", "ide0-hd0", "j1", "a.b_c-d", "Z"])
+def test_valid_job_ids(job_id):
+    assert id_wellformed(job_id)
+
+
+def test_a_job_id_is_required(bus, rec, registry):
+    with pytest.raises(JobError, match="^An explicit job ID is required$"):
+        registry.add(ChunkJob(None, bus, rec))
+
+
+def test_job_id_in_use_until_the_job_is_gone(make, bus, rec, registry):
+    first = make(auto_dismiss=False)
+    with pytest.raises(JobError) as refused:
+        make()
+    assert refused.value.desc == "Job ID 'virtio0' already in use"
+    assert rec.trace == ["created"] and registry.jobs() == [first]
+    run_to_end(first)
+    with pytest.raises(JobError, match="already in use"):
+        make()
+    first.dismiss()
+    second = make()
+    assert registry.jobs() == [second]
+
+
+def test_find_and_creation_order(make, registry):
+    jobs = [make(name) for name in ("virtio1", "ide0-hd0", "virtio0")]
+    assert registry.jobs() == jobs
+    assert registry.find("ide0-hd0") is jobs[1]
+    with pytest.raises(JobError) as missing:
+        registry.find("nosuch")
+    assert missing.value.desc == "Block job 'nosuch' not found" and missing.value.not_found
+
+
+# -- the rate-limit sleep --------------------------------------------------------------
+
+def sleeping_job(make, **kw):
+    """A job at 1 byte/s that copied one chunk: its next sleep would last ~6553 s."""
+    job = make(chunks=3, speed=1, **kw)
+    job.start()
+    wait_until(lambda: job.attempts == [0] and not job.busy)
+    assert job.info()["status"] == "running"
+    return job
+
+
+@pytest.mark.parametrize("new_speed", [0, 64 * 1024 * 1024])
+def test_a_sleeping_job_wakes_when_the_limit_is_lifted_or_raised(make, rec, new_speed):
+    job = sleeping_job(make)
+    job.set_speed(new_speed)
+    assert job.wait(WAIT)
+    assert rec.trace == SUCCESS
+    assert rec.data("BLOCK_JOB_COMPLETED") == [completed(3 * CHUNK, speed=new_speed)]
+
+
+def test_a_sleeping_job_wakes_for_cancel(make, rec):
+    job = sleeping_job(make)
+    job.cancel()
+    assert job.wait(WAIT)
+    assert rec.data("BLOCK_JOB_CANCELLED") == [completed(3 * CHUNK, CHUNK, speed=1)]
+
+
+def test_a_sleeping_job_wakes_for_pause_and_sleeps_on_after_resume(make, rec):
+    job = sleeping_job(make)
+    job.pause()
+    rec.wait_for("paused")
+    job.resume()
+    rec.wait_for("running", 2)
+    wait_until(lambda: not job.busy)          # asleep again: the delay still holds
+    assert (job.status, job.attempts) == ("running", [0])
+    job.set_speed(0)
+    assert job.wait(WAIT)
+    assert rec.trace == ["created", "running", "paused", "running"] + SUCCESS[2:]
+
+
+def test_busy_while_the_body_works(make, rec):
+    job = job_in_state(make, rec, "running")
+    assert job.info()["busy"] is True
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 100.0
+
+    def __call__(self):
+        return self.now
+
+    def advance(self, seconds):
+        self.now += seconds
+
+
+@pytest.mark.parametrize("skip, seconds", [((), 10.0), (range(0, 160, 2), 5.0)])
+def test_the_job_moves_at_speed_and_charges_only_copied_bytes(make, skip, seconds):
+    clock = FakeClock()
+    job = make(chunks=160, speed=1024 * 1024, skip=skip, clock=clock, sleep=clock.advance)
+    run_to_end(job)
+    assert job.offset == 160 * CHUNK                      # 10 MiB, half of it copied or all
+    assert clock.now - 100.0 == pytest.approx(seconds, rel=0.03)
