@@ -9,7 +9,7 @@ or raises ``CommandError`` / ``images.errors.BlockError`` (mapped to QMP classes
 import threading
 
 from images.events import EventBus
-from images.jobs import JobRegistry
+from images.job_registry import JobRegistry
 
 from . import block_info
 from .block_stream import start_stream
