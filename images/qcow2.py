@@ -14,8 +14,7 @@ from .driver import DATA, UNALLOCATED, ZERO, BlockImage, Run
 from .errors import ImageError
 from .qcow2_format import (HEADER_STRUCT, MAX_BACKING_NAME, MAX_CLUSTER_BITS,
                            MAX_HEADER_AREA_WRITE, MIN_CLUSTER_BITS, QCOW2_COMPAT_LAZY_REFCOUNTS,
-                           QCOW2_COMPRESSION_TYPE_ZSTD, QCOW2_EXT_MAGIC_BACKING_FORMAT,
-                           QCOW2_EXT_MAGIC_FEATURE_TABLE, QCOW2_INCOMPAT_CORRUPT,
+                           QCOW2_COMPRESSION_TYPE_ZSTD, QCOW2_EXT_MAGIC_FEATURE_TABLE, QCOW2_INCOMPAT_CORRUPT,
                            QCOW2_INCOMPAT_DIRTY, QCOW2_COMPRESSED_SECTOR_SIZE,
                            MAX_VIRTUAL_SIZE, Qcow2Header, feature_table, image_error, new_header,
                            pack_header_area, parse_header)
@@ -132,7 +131,8 @@ class Qcow2Image(Qcow2Writer, BlockImage):
         try:
             if self.header.compression_type == QCOW2_COMPRESSION_TYPE_ZSTD:
                 import zstandard
-                data = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+                with zstandard.ZstdDecompressor().stream_reader(raw) as reader:
+                    data = reader.read(self.cluster_size)
             else:
                 data = zlib.decompressobj(-12).decompress(raw, self.cluster_size)
         except Exception as err:    # zlib.error, zstandard.ZstdError: corrupt input
