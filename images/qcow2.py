@@ -96,22 +96,25 @@ class Qcow2Image(Qcow2Writer, BlockImage):
     def read(self, offset: int, length: int) -> bytes:
         with self.lock:
             self._check_range(offset, length)
-            return bytes(self._read_layer(offset, length))
+            return self._read_layer(offset, length)
 
-    def _read_layer(self, offset: int, length: int) -> bytearray:
-        out = bytearray(length)
+    def _read_layer(self, offset: int, length: int) -> bytes:
+        """This layer's bytes, falling through to the backing image; pieces are joined
+        once (a single plain run is returned as read, without a copy)."""
+        pieces = []
         runs = merged(self.map.runs(offset, length), keep_compressed=True)
         for kind, pos, n, host, entry in runs:
-            at = pos - offset
             if kind == DATA:
                 got = self.io.pread(n, host)
-                out[at:at + len(got)] = got
+                pieces.append(got if len(got) == n else got + bytes(n - len(got)))
             elif kind == UNALLOCATED:
-                out[at:at + n] = self._backing_read(pos, n)
+                pieces.append(self._backing_read(pos, n))
             elif kind == COMPRESSED:
                 within = pos & (self.cluster_size - 1)
-                out[at:at + n] = self._decompress(entry)[within:within + n]
-        return out
+                pieces.append(self._decompress(entry)[within:within + n])
+            else:
+                pieces.append(bytes(n))
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _backing_read(self, offset: int, length: int) -> bytes:
         """Bytes of the backing image, zeros where there is none or past its end."""
