@@ -89,6 +89,8 @@ class Qcow2Image(Qcow2Writer, BlockImage):
 
     # -- reads -------------------------------------------------------------
     def _check_range(self, offset: int, length: int) -> None:
+        if self.io is None:
+            raise image_error(self.path, "image is closed", None)
         if offset < 0 or length < 0 or offset + length > self.virtual_size:
             raise image_error(self.path, "request at offset %d length %d outside the virtual "
                               "size %d" % (offset, length, self.virtual_size), offset)

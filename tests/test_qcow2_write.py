@@ -236,3 +236,17 @@ def test_overwriting_compressed_and_zero_clusters(qemu_img, tmp_path):
     image.close()
     check_clean(dst)
     compare_raw(dst, bytes(model), str(tmp_path))
+
+
+def test_closed_image_and_out_of_range(tmp_path):
+    path = str(tmp_path / "c.qcow2")
+    create_qcow2(path, M, cluster_size=512)
+    image = Qcow2Image.open(path)
+    with pytest.raises(ImageError) as err:
+        image.write(M - 1, b"ab")
+    assert err.value.desc == ("Image %s: request at offset %d length 2 outside the virtual "
+                              "size %d" % (path, M - 1, M))
+    image.close()
+    with pytest.raises(ImageError) as err:
+        image.read(0, 1)
+    assert err.value.desc == "Image %s: image is closed" % path
