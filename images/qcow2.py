@@ -14,8 +14,7 @@ from .driver import DATA, UNALLOCATED, ZERO, BlockImage, Run
 from .errors import ImageError
 from .qcow2_format import (HEADER_STRUCT, MAX_BACKING_NAME, MAX_CLUSTER_BITS,
                            MAX_HEADER_AREA_WRITE, MIN_CLUSTER_BITS, QCOW2_COMPAT_LAZY_REFCOUNTS,
-                           QCOW2_COMPRESSION_TYPE_ZSTD, QCOW2_EXT_MAGIC_BACKING_FORMAT,
-                           QCOW2_EXT_MAGIC_FEATURE_TABLE, QCOW2_INCOMPAT_CORRUPT,
+                           QCOW2_COMPRESSION_TYPE_ZSTD, QCOW2_EXT_MAGIC_FEATURE_TABLE, QCOW2_INCOMPAT_CORRUPT,
                            QCOW2_INCOMPAT_DIRTY, QCOW2_COMPRESSED_SECTOR_SIZE,
                            MAX_VIRTUAL_SIZE, Qcow2Header, feature_table, image_error, new_header,
                            pack_header_area, parse_header)
@@ -90,6 +89,8 @@ class Qcow2Image(Qcow2Writer, BlockImage):
 
     # -- reads -------------------------------------------------------------
     def _check_range(self, offset: int, length: int) -> None:
+        if self.io is None:
+            raise image_error(self.path, "image is closed", None)
         if offset < 0 or length < 0 or offset + length > self.virtual_size:
             raise image_error(self.path, "request at offset %d length %d outside the virtual "
                               "size %d" % (offset, length, self.virtual_size), offset)
@@ -97,22 +98,25 @@ class Qcow2Image(Qcow2Writer, BlockImage):
     def read(self, offset: int, length: int) -> bytes:
         with self.lock:
             self._check_range(offset, length)
-            return bytes(self._read_layer(offset, length))
+            return self._read_layer(offset, length)
 
-    def _read_layer(self, offset: int, length: int) -> bytearray:
-        out = bytearray(length)
+    def _read_layer(self, offset: int, length: int) -> bytes:
+        """This layer's bytes, falling through to the backing image; pieces are joined
+        once (a single plain run is returned as read, without a copy)."""
+        pieces = []
         runs = merged(self.map.runs(offset, length), keep_compressed=True)
         for kind, pos, n, host, entry in runs:
-            at = pos - offset
             if kind == DATA:
                 got = self.io.pread(n, host)
-                out[at:at + len(got)] = got
+                pieces.append(got if len(got) == n else got + bytes(n - len(got)))
             elif kind == UNALLOCATED:
-                out[at:at + n] = self._backing_read(pos, n)
+                pieces.append(self._backing_read(pos, n))
             elif kind == COMPRESSED:
                 within = pos & (self.cluster_size - 1)
-                out[at:at + n] = self._decompress(entry)[within:within + n]
-        return out
+                pieces.append(self._decompress(entry)[within:within + n])
+            else:
+                pieces.append(bytes(n))
+        return pieces[0] if len(pieces) == 1 else b"".join(pieces)
 
     def _backing_read(self, offset: int, length: int) -> bytes:
         """Bytes of the backing image, zeros where there is none or past its end."""
@@ -132,7 +136,8 @@ class Qcow2Image(Qcow2Writer, BlockImage):
         try:
             if self.header.compression_type == QCOW2_COMPRESSION_TYPE_ZSTD:
                 import zstandard
-                data = zstandard.ZstdDecompressor().decompressobj().decompress(raw)
+                with zstandard.ZstdDecompressor().stream_reader(raw) as reader:
+                    data = reader.read(self.cluster_size)
             else:
                 data = zlib.decompressobj(-12).decompress(raw, self.cluster_size)
         except Exception as err:    # zlib.error, zstandard.ZstdError: corrupt input

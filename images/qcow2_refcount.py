@@ -150,6 +150,9 @@ class RefcountManager:
 
     def _update_in_block(self, index: int, first: int, count: int, delta: int) -> None:
         block = self._block(index)
+        if block is None and delta < 0:
+            raise image_error(self.path, "refcount of cluster %d would become negative"
+                              % (index * self.entries_per_block + first), index)
         if block is None:
             self._new_block(index)
             block = self._block(index)
@@ -184,26 +187,18 @@ class RefcountManager:
     def _grow_table(self, needed_index: int) -> None:
         """Move the table to the end of the file, together with the refcount blocks
         that describe the new table and themselves (so no recursion is needed)."""
-        start = self.free_index
         capacity = max(needed_index + 1, len(self.table) * 2)
-        new_blocks = []
+        if -(-capacity * 8 // self.cluster_size) * self.cluster_size > QCOW_MAX_REFTABLE_SIZE:
+            raise image_error(self.path, "refcount table for cluster %d would exceed %d bytes"
+                              % (needed_index * self.entries_per_block,
+                                 QCOW_MAX_REFTABLE_SIZE), needed_index)
         while True:
-            table_clusters = -(-capacity * 8 // self.cluster_size)
-            end = start + table_clusters + len(new_blocks)
-            wanted = set(range(start // self.entries_per_block,
-                               (end - 1) // self.entries_per_block + 1))
-            wanted.add(needed_index)
-            wanted = sorted(i for i in wanted if i >= len(self.table) or not self.table[i])
-            if len(wanted) == len(new_blocks) and max(wanted) < capacity:
+            start = self.free_index
+            table_clusters, new_blocks, end = self._plan_table(start, capacity, needed_index)
+            used = self.first_used(start, end - start)
+            if used < 0:
                 break
-            new_blocks = wanted
-            capacity = max(capacity, max(wanted) + 1)
-        if table_clusters * self.cluster_size > QCOW_MAX_REFTABLE_SIZE:
-            raise image_error(self.path, "refcount table would exceed %d bytes"
-                              % QCOW_MAX_REFTABLE_SIZE, table_clusters)
-        if self.first_used(start, end - start) >= 0:
-            self.free_index = self.first_used(start, end - start) + 1
-            return self._grow_table(needed_index)
+            self.free_index = used + 1
         self.free_index = end
         table = array("Q", self.table)
         table.extend([0] * (table_clusters * self.cluster_size // 8 - len(table)))
@@ -217,6 +212,22 @@ class RefcountManager:
             self.io.pwrite(bytes(block), block_cluster << self.cluster_bits)
             table[index] = block_cluster << self.cluster_bits
         self._switch_table(table, start << self.cluster_bits, table_clusters)
+
+    def _plan_table(self, start: int, capacity: int, needed_index: int):
+        """Fixed point: table clusters and new block indices so that the table, at
+        ``start``, followed by the new blocks, is covered by blocks it lists."""
+        new_blocks = []
+        while True:
+            table_clusters = -(-capacity * 8 // self.cluster_size)
+            end = start + table_clusters + len(new_blocks)
+            wanted = set(range(start // self.entries_per_block,
+                               (end - 1) // self.entries_per_block + 1))
+            wanted.add(needed_index)
+            wanted = sorted(i for i in wanted if i >= len(self.table) or not self.table[i])
+            if len(wanted) == len(new_blocks) and wanted[-1] < capacity:
+                return table_clusters, new_blocks, end
+            new_blocks = wanted
+            capacity = max(capacity, wanted[-1] + 1)
 
     def _switch_table(self, table: array, offset: int, clusters: int) -> None:
         swapped = array("Q", table)

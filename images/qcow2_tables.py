@@ -19,6 +19,7 @@ from .qcow2_refcount import be_array
 
 COMPRESSED = "compressed"
 L2_CACHE_SIZE = 32
+MAX_HOST_OFFSET = 1 << 56         # what L2E_OFFSET_MASK can express
 _U64 = struct.Struct(">Q")
 
 
@@ -34,6 +35,7 @@ class HostFile:
                                errno=err.errno or errno.EIO, operation="open") from err
 
     def pread(self, length: int, offset: int) -> bytes:
+        self._check_offset(offset)
         try:
             return os.pread(self.fd, length, offset)
         except OSError as err:
@@ -41,6 +43,7 @@ class HostFile:
                                errno=err.errno or errno.EIO, operation="read") from err
 
     def pwrite(self, data, offset: int) -> None:
+        self._check_offset(offset)
         try:
             view = memoryview(data)
             while len(view):
@@ -49,6 +52,10 @@ class HostFile:
         except OSError as err:
             raise ImageIOError("%s: write failed: %s" % (self.path, err.strerror),
                                errno=err.errno or errno.EIO, operation="write") from err
+
+    def _check_offset(self, offset: int) -> None:
+        if not 0 <= offset < MAX_HOST_OFFSET:
+            raise image_error(self.path, "host offset %#x out of range" % offset, offset)
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size

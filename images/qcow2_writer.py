@@ -62,6 +62,11 @@ class Qcow2Writer:
         count = ((start + len(data) - 1) >> bits) - (start >> bits) + 1
         entries = self.map.entries(l1_index, first, count)
         owned = [self._owned(e) for e in entries]
+        limit = self.refcounts.free_index << bits
+        for entry, mine in zip(entries, owned):
+            if mine and entry & L2E_OFFSET_MASK >= limit:
+                raise image_error(self.path, "data cluster offset %#x past the end of the "
+                                  "file" % (entry & L2E_OFFSET_MASK), entry)
         base = start & ~(csize - 1)              # guest offset of cluster ``first``
         self._write_in_place(entries, owned, start, data, base)
         fresh = [i for i in range(count) if not owned[i]]

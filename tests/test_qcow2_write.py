@@ -216,3 +216,37 @@ def test_read_only_refuses_writes(tmp_path):
     assert [r.kind for r in image.block_status(0, M)] == [DATA, UNALLOCATED]
     image.write_zeroes(0, M)
     assert [r.kind for r in image.block_status(0, M)] == [ZERO]
+
+
+def test_overwriting_compressed_and_zero_clusters(qemu_img, tmp_path):
+    src, dst = str(tmp_path / "src.qcow2"), str(tmp_path / "c.qcow2")
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", src, "1M")
+    run("qemu-io", "-f", "qcow2", "-c", "write -P 0x61 0 512k", "-c", "write -z 512k 64k", src)
+    run("qemu-img", "convert", "-c", "-O", "qcow2", "-o", "cluster_size=4096", src, dst)
+    image = Qcow2Image.open(dst)
+    model = bytearray(b"\x61" * (512 * K) + bytes(512 * K))
+    for offset, length, byte in ((100, 5000, 1), (300 * K + 7, 40 * K, 2), (520 * K, 9, 3)):
+        image.write(offset, bytes([byte]) * length)
+        model[offset:offset + length] = bytes([byte]) * length
+    image.write_zeroes(200 * K + 1, 30 * K)
+    model[200 * K + 1:230 * K + 1] = bytes(30 * K)
+    image.discard(400 * K, 20 * K)
+    model[400 * K:420 * K] = bytes(20 * K)
+    assert image.read(0, M) == model
+    image.close()
+    check_clean(dst)
+    compare_raw(dst, bytes(model), str(tmp_path))
+
+
+def test_closed_image_and_out_of_range(tmp_path):
+    path = str(tmp_path / "c.qcow2")
+    create_qcow2(path, M, cluster_size=512)
+    image = Qcow2Image.open(path)
+    with pytest.raises(ImageError) as err:
+        image.write(M - 1, b"ab")
+    assert err.value.desc == ("Image %s: request at offset %d length 2 outside the virtual "
+                              "size %d" % (path, M - 1, M))
+    image.close()
+    with pytest.raises(ImageError) as err:
+        image.read(0, 1)
+    assert err.value.desc == "Image %s: image is closed" % path
