@@ -268,7 +268,7 @@ def parse_arguments(command: str, args_type: str, text: str,
             message = spec.kind.missing
             raise ParseError(message % command if "%s" in message else message)
         word = cursor.peek_word()
-        if spec.name in fallback and not word.startswith('"') and not looks_numeric(word):
+        if spec.name in fallback and (word.startswith('"') or not looks_numeric(word)):
             values[fallback[spec.name]] = cursor.read_word(command)[0]
             continue
         values[spec.name] = spec.kind.parse(cursor, command)
