@@ -30,6 +30,10 @@ class ParseError(Exception):
         self.message = message
 
 
+class SizeRangeError(ValueError):
+    """A well-formed size too large for 64 bits (QEMU's -ERANGE)."""
+
+
 # -- sizes -----------------------------------------------------------------------------
 def parse_size(text: str, default_suffix: str = "M", unit: int = 1024) -> int:
     """qemu_strtosz (util/cutils.c) on a whole word: ValueError for junk, negatives, overflow.
@@ -62,8 +66,8 @@ def parse_size(text: str, default_suffix: str = "M", unit: int = 1024) -> int:
     # QEMU's 64.64 fixed point: the fraction truncated to 64 bits, half rounded up.
     fixed = int(fraction * 2.0 ** 64) * multiplier
     result = value * multiplier + (fixed >> 64) + ((fixed >> 63) & 1)
-    if result >= 1 << 64:
-        raise ValueError("invalid size")
+    if result >= 1 << 64 or value >= 1 << 64:
+        raise SizeRangeError("invalid size")
     return result
 
 
