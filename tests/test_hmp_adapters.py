@@ -3,7 +3,7 @@ import copy
 
 import pytest
 
-from commands.errors import CommandError, DEVICE_NOT_ACTIVE
+from commands.errors import CommandError
 from commands.hmp import HmpInterpreter, HmpResult
 from commands.hmp_info import allocation_strip, format_blockmap, size_to_str
 from images.errors import JobError
