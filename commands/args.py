@@ -30,6 +30,10 @@ class ParseError(Exception):
         self.message = message
 
 
+class SizeRangeError(ValueError):
+    """A well-formed size too large for 64 bits (QEMU's -ERANGE)."""
+
+
 # -- sizes -----------------------------------------------------------------------------
 def parse_size(text: str, default_suffix: str = "M", unit: int = 1024) -> int:
     """qemu_strtosz (util/cutils.c) on a whole word: ValueError for junk, negatives, overflow.
@@ -62,8 +66,8 @@ def parse_size(text: str, default_suffix: str = "M", unit: int = 1024) -> int:
     # QEMU's 64.64 fixed point: the fraction truncated to 64 bits, half rounded up.
     fixed = int(fraction * 2.0 ** 64) * multiplier
     result = value * multiplier + (fixed >> 64) + ((fixed >> 63) & 1)
-    if result >= 1 << 64:
-        raise ValueError("invalid size")
+    if result >= 1 << 64 or value >= 1 << 64:
+        raise SizeRangeError("invalid size")
     return result
 
 
@@ -81,7 +85,7 @@ def parse_seconds(text: str) -> float:
 
 def looks_numeric(word: str) -> bool:
     """A word meant as a number (so a bad one is 'invalid size', not a base name)."""
-    return word[:1].isdigit() or word[:1] in "+-"
+    return word[:1] != "" and (word[0].isdigit() or word[0] in "+-")
 
 
 # -- the cursor over one command line --------------------------------------------------
@@ -268,7 +272,7 @@ def parse_arguments(command: str, args_type: str, text: str,
             message = spec.kind.missing
             raise ParseError(message % command if "%s" in message else message)
         word = cursor.peek_word()
-        if spec.name in fallback and not word.startswith('"') and not looks_numeric(word):
+        if spec.name in fallback and (word.startswith('"') or not looks_numeric(word)):
             values[fallback[spec.name]] = cursor.read_word(command)[0]
             continue
         values[spec.name] = spec.kind.parse(cursor, command)
@@ -310,3 +314,73 @@ def argument_at(args_type: str, text: str) -> Tuple[Optional[ArgSpec], str]:
     if position < len(specs):
         return specs[position], prefix
     return None, prefix
+
+
+class CompletionContext:
+    """Candidate lists for the completer, read live from a core (see CORE_API.md).
+
+    Sources: devices, nodes, devices+nodes, jobs, files, formats, commands, info,
+    qemu-io.  Any method a test wants different can be overridden.
+    """
+
+    FORMATS = ("qcow2", "raw")
+    QEMU_IO = ("read", "write", "discard", "map", "alloc")
+
+    def __init__(self, core=None):
+        self.core = core
+
+    def candidates(self, source: str, prefix: str) -> List[str]:
+        from .table import HMP_COMMANDS, INFO_COMMANDS, command_words
+        if source == "files":
+            return self.paths(prefix)
+        fixed = {"formats": self.FORMATS, "qemu-io": self.QEMU_IO,
+                 "commands": command_words(HMP_COMMANDS), "info": command_words(INFO_COMMANDS)}
+        if source in fixed:
+            return list(fixed[source])
+        if self.core is None:
+            return []
+        lists = {"devices": self.core.device_names, "nodes": self.core.node_names,
+                 "jobs": self.core.job_ids}
+        return [name for part in source.split("+") if part in lists for name in lists[part]()]
+
+    @staticmethod
+    def paths(prefix: str) -> List[str]:
+        import os
+        directory, _base = os.path.split(prefix)
+        try:
+            entries = os.listdir(os.path.expanduser(directory) or ".")
+        except OSError:
+            return []
+        full = [os.path.join(directory, entry) for entry in entries]
+        return [p + "/" if os.path.isdir(os.path.expanduser(p)) else p for p in full]
+
+
+def complete_line(line: str, context) -> Tuple[str, List[str]]:
+    """The word being typed at the end of ``line`` and its completions, from the table."""
+    from .table import HMP_COMMANDS, command_words, find_command
+    words = line.split()
+    if len(words) <= 1 and not line[-1:].isspace():
+        prefix = words[0] if words else ""
+        return prefix, sorted(w for w in command_words(HMP_COMMANDS) if w.startswith(prefix))
+    command = find_command(words[0])
+    if command is None:
+        return "", []
+    rest = line.lstrip(_SPACE)[len(words[0]):]
+    if command.sub_table is not None:
+        if len(words) == 1 or (len(words) == 2 and not line[-1:].isspace()):
+            prefix = words[1] if len(words) == 2 else ""
+            return prefix, sorted(w for w in command_words(command.sub_table) if w.startswith(prefix))
+        command = find_command(words[1], command.sub_table)
+        if command is None:
+            return "", []
+        rest = rest.lstrip(_SPACE)[len(words[1]):]
+    spec, prefix = argument_at(command.args_type, rest)
+    if spec is None:
+        return prefix, []
+    if spec.is_flag:
+        flags = ["-" + s.kind.flag for s in compile_args(command.args_type) if s.is_flag]
+        return prefix, [f for f in flags if f.startswith(prefix)]
+    name = command.word_fallback.get(spec.name, spec.name) if not looks_numeric(prefix) else spec.name
+    source = command.complete.get(name, "")
+    kind = spec.kind if name == spec.name else StringKind()
+    return prefix, kind.complete(prefix, context, source)

@@ -14,7 +14,7 @@ from typing import List, Tuple
 from images.driver import DATA, ZERO
 from images.errors import BlockError
 
-from .args import parse_size
+from .args import SizeRangeError, parse_size
 
 REQUEST_MAX_BYTES = 2147483136          # BDRV_REQUEST_MAX_BYTES
 SECTOR = 512
@@ -107,6 +107,8 @@ def cvtnum(text: str) -> int:
     """qemu-io's cvtnum: a byte count with optional K/M/G/T/P/E suffix (bare = bytes)."""
     try:
         value = parse_size(text, default_suffix="B")
+    except SizeRangeError:
+        value = INT64_MAX + 1
     except ValueError:
         raise QemuIoError("Parsing error: non-numeric argument, or extraneous/unrecognized "
                           "suffix -- %s\n" % text) from None
