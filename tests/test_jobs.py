@@ -286,3 +286,13 @@ def test_the_job_moves_at_speed_and_charges_only_copied_bytes(make, skip, second
     run_to_end(job)
     assert job.offset == 160 * CHUNK                      # 10 MiB, half of it copied or all
     assert clock.now - 100.0 == pytest.approx(seconds, rel=0.03)
+
+
+def test_a_delay_beyond_what_condition_wait_accepts_is_slept_in_parts(make, rec):
+    job = make(chunks=1, speed=1)
+    job.account_copied(2 ** 40)        # ~1.1e11 s at 1 byte/s, beyond threading.TIMEOUT_MAX
+    job.start()
+    wait_until(lambda: not job.busy)
+    job.set_speed(0)
+    assert job.wait(WAIT)
+    assert rec.trace == SUCCESS
