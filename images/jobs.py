@@ -11,7 +11,10 @@ Event order follows QEMU 7.2 (reference section 4.2):
     success  created running waiting pending [prepare] BLOCK_JOB_COMPLETED concluded null
     cancel   ... aborting BLOCK_JOB_CANCELLED concluded null
     failure  ... aborting BLOCK_JOB_COMPLETED{error} concluded null
-Every status change is one JOB_STATUS_CHANGE.
+Every status change is one JOB_STATUS_CHANGE.  'created' is published by
+``JobRegistry.add`` (or by ``start`` for a job never added), after the id checks,
+so a refused id publishes nothing; a negative speed then gives 'created', 'null'
+and an error, as QEMU's block_job_create does.
 
 Locking: one re-entrant lock per job guards all of its state.  Events are published
 and the hooks prepare/abort/clean run with that lock held, so what subscribers see is
@@ -32,6 +35,10 @@ from images.ratelimit import RateLimiter
 __all__ = ["Job", "JobRegistry", "STATES", "TRANSITIONS", "VERBS"]
 
 SPEED_ERROR = "Parameter 'speed' expects a non-negative value"
+
+# Longest single wait of the rate-limit sleep; the delay is re-read after it, so this
+# only keeps huge delays (tiny speeds) within what Condition.wait accepts.
+MAX_WAIT = 3600.0
 
 
 def error_text(exc) -> str:
@@ -339,7 +346,7 @@ class Job:
                 delay = self._limiter.delay()
                 if delay > 0 and self._sleep is None:
                     self.busy = False
-                    self._wake.wait(delay)
+                    self._wake.wait(min(delay, MAX_WAIT))
                     self.busy = True
             if delay > 0 and self._sleep is not None:
                 self._injected_sleep(delay)

@@ -1,197 +1,13 @@
-"""The job engine: QEMU's event sequences, verb/state refusals, registry and rate-limit sleep.
-
-Jobs here are ``ChunkJob``s: a body that walks N chunks, optionally stopping at a
-semaphore ``gate`` before each chunk so a test can hold it at a known point.  The
-``Recorder`` merges published events and hook calls into one ``trace`` list.
-Waits are generous (they only bound a hang) and nothing asserts on wall-clock time.
-"""
+"""The job engine's life cycle: QEMU's event sequences, hooks, on-error policies, rate-limit sleep."""
 import errno
 import threading
-import time
 
 import pytest
 
 from images.errors import BlockError, ImageIOError, JobError
-from images.events import EventBus
-from images.job_states import STATES, TRANSITIONS, VERBS, error_action_for, id_wellformed
-from images.jobs import Job, JobRegistry
-
-WAIT = 60.0     # seconds: only a guard against hanging, never a performance limit
-CHUNK = 65536
-SUCCESS = ["created", "running", "waiting", "pending", "prepare()", "clean()",
-           "BLOCK_JOB_COMPLETED", "concluded", "null"]
-
-
-class Recorder:
-    def __init__(self, bus):
-        self.cond = threading.Condition()
-        self.trace = []
-        self.events = []
-        bus.subscribe(self._on_event)
-
-    def _on_event(self, event):
-        name = event["event"]
-        self.note(event["data"]["status"] if name == "JOB_STATUS_CHANGE" else name, event)
-
-    def note(self, item, event=None):
-        with self.cond:
-            self.trace.append(item)
-            if event is not None:
-                self.events.append(event)
-            self.cond.notify_all()
-
-    def wait_for(self, item, count=1):
-        with self.cond:
-            ok = self.cond.wait_for(lambda: self.trace.count(item) >= count, WAIT)
-            assert ok, "no %r (x%d) in %r" % (item, count, self.trace)
-
-    def data(self, name):
-        with self.cond:
-            return [event["data"] for event in self.events if event["event"] == name]
-
-
-class ChunkJob(Job):
-    """Copies ``chunks`` chunks; ``faults`` maps a chunk index to exceptions raised in turn."""
-
-    def __init__(self, job_id, bus, recorder, *, chunks=4, gate=None, faults=None,
-                 skip=(), prepare_error=None, clean_error=None, **kw):
-        super().__init__(job_id, bus, **kw)
-        self.recorder = recorder
-        self.chunks = chunks
-        self.gate = gate
-        self.faults = {index: list(excs) for index, excs in (faults or {}).items()}
-        self.skip = set(skip)
-        self.prepare_error = prepare_error
-        self.clean_error = clean_error
-        self.attempts = []
-
-    def run(self):
-        self.set_len(self.chunks * CHUNK)
-        index = 0
-        while index < self.chunks:
-            if self.gate is not None:
-                self.gate.acquire()
-            if not self.checkpoint():
-                return
-            self.attempts.append(index)
-            try:
-                if self.faults.get(index):
-                    raise self.faults[index].pop(0)
-            except ImageIOError as exc:
-                action = self.error_action(exc)
-                if action == "retry":
-                    continue
-                if action == "report":
-                    raise
-            else:
-                if index not in self.skip:
-                    self.account_copied(CHUNK)
-            self.progress(CHUNK)
-            index += 1
-
-    def prepare(self):
-        self.recorder.note("prepare()")
-        if self.prepare_error is not None:
-            raise self.prepare_error
-
-    def abort(self):
-        self.recorder.note("abort()")
-
-    def clean(self):
-        self.recorder.note("clean()")
-        if self.clean_error is not None:
-            raise self.clean_error
-
-
-@pytest.fixture
-def bus():
-    return EventBus()
-
-
-@pytest.fixture
-def rec(bus):
-    return Recorder(bus)
-
-
-@pytest.fixture
-def registry():
-    return JobRegistry()
-
-
-@pytest.fixture
-def make(bus, rec, registry):
-    """make(**kw) -> a ChunkJob 'virtio0' added to the registry (not started).
-
-    Teardown cancels whatever a test left running, so no thread stays parked.
-    """
-    made = []
-
-    def factory(job_id="virtio0", **kw):
-        job = ChunkJob(job_id, bus, rec, **kw)
-        registry.add(job)
-        made.append(job)
-        return job
-    yield factory
-    for job in made:
-        if job.status in VERBS["cancel"]:
-            job.cancel(force=True)
-        if job.gate is not None:
-            job.gate.release(job.chunks + 1)
-
-
-def run_to_end(job):
-    job.start()
-    assert job.wait(WAIT)
-
-
-def completed(length, offset=None, speed=0, **extra):
-    data = {"type": "stream", "device": "virtio0", "len": length,
-            "offset": length if offset is None else offset, "speed": speed}
-    data.update(extra)
-    return data
-
-
-def wait_until(predicate):
-    deadline = time.monotonic() + WAIT
-    while not predicate():
-        assert time.monotonic() < deadline, "condition never became true"
-        time.sleep(0.001)
-
-
-# -- the tables ------------------------------------------------------------------
-
-LETTERS = dict(zip("UCRPYSWDXEN", STATES))
-
-
-def letters(text):
-    return frozenset(LETTERS[ch] for ch in text.split())
-
-
-def test_transition_table_is_qemus_jobstt():
-    # Reference section 4.2, transcribed letter by letter.
-    expected = {"undefined": "C", "created": "R X N", "running": "P Y W X", "paused": "R",
-                "ready": "S W X", "standby": "Y", "waiting": "D X", "pending": "X E",
-                "aborting": "X E", "concluded": "N", "null": ""}
-    assert {state: frozenset(TRANSITIONS[state]) for state in STATES} == \
-        {state: letters(text) for state, text in expected.items()}
-
-
-def test_verb_table_is_qemus_jobverbtable():
-    expected = {"cancel": "C R P Y S W D", "pause": "C R P Y S", "resume": "C R P Y S",
-                "set-speed": "C R P Y S", "change": "C R P Y S", "complete": "Y S",
-                "finalize": "D", "dismiss": "E"}
-    assert {verb: frozenset(VERBS[verb]) for verb in VERBS} == \
-        {verb: letters(text) for verb, text in expected.items()}
-
-
-@pytest.mark.parametrize("policy, err, action", [
-    ("report", errno.EIO, "report"), ("report", errno.ENOSPC, "report"),
-    ("ignore", errno.EIO, "ignore"), ("stop", errno.EIO, "stop"),
-    ("enospc", errno.EIO, "report"), ("enospc", errno.ENOSPC, "stop"),
-    ("auto", errno.EIO, "report"), ("auto", errno.ENOSPC, "stop"),
-])
-def test_on_error_policy(policy, err, action):
-    assert error_action_for(policy, err) == action
+from jobkit import (CHUNK, SUCCESS, WAIT, FakeClock, completed, job_in_state, run_to_end,
+                    wait_until)
+from jobkit import bus, make, rec, registry  # noqa: F401  (fixtures)
 
 
 # -- event sequences ---------------------------------------------------------------
@@ -418,175 +234,6 @@ def test_a_failing_clean_hook_still_concludes_and_is_raised(make, rec):
     assert rec.trace[-3:] == ["BLOCK_JOB_COMPLETED", "concluded", "null"]
 
 
-# -- verbs refused, with QEMU's texts -------------------------------------------------
-
-VERB_CALLS = {
-    "cancel": lambda job: job.cancel(force=True),
-    "pause": lambda job: job.pause(),
-    "resume": lambda job: job.resume(),
-    "set-speed": lambda job: job.set_speed(1),
-    "complete": lambda job: job.complete(),
-    "finalize": lambda job: job.finalize(),
-    "dismiss": lambda job: job.dismiss(),
-}
-
-
-def expected_refusal(status, verb, user_paused):
-    """The error QEMU gives for ``verb`` in ``status`` (None: the verb would be accepted)."""
-    if verb == "resume" and not user_paused:
-        return "Can't resume a job that was not paused"      # checked before the state
-    if status not in VERBS[verb]:
-        return "Job 'virtio0' in state '%s' cannot accept command verb '%s'" % (status, verb)
-    if verb == "pause" and user_paused:
-        return "Job is already paused"
-    if verb == "complete":
-        return "The active block job 'virtio0' cannot be completed"
-    return None
-
-
-REACHABLE = ("created", "running", "paused", "pending", "concluded")
-REFUSALS = [(state, verb) for state in REACHABLE for verb in sorted(VERB_CALLS)
-            if expected_refusal(state, verb, state == "paused") is not None]
-
-
-def job_in_state(make, rec, state):
-    if state == "created":
-        return make()
-    if state in ("running", "paused"):
-        job = make(gate=threading.Semaphore(0))
-        job.start()
-        wait_until(lambda: job.len > 0)       # the body is parked at its gate
-        if state == "paused":
-            job.pause()
-            job.gate.release()
-            rec.wait_for("paused")
-        return job
-    job = make(chunks=1, auto_finalize=state != "pending", auto_dismiss=state != "concluded")
-    job.start()
-    rec.wait_for("BLOCK_JOB_PENDING" if state == "pending" else "concluded")
-    return job
-
-
-def test_the_refusal_cases_cover_every_reachable_state():
-    assert {state for state, _ in REFUSALS} == set(REACHABLE) and len(REFUSALS) == 23
-
-
-@pytest.mark.parametrize("state, verb", REFUSALS)
-def test_refused_verbs_in_reachable_states(make, rec, state, verb):
-    job = job_in_state(make, rec, state)
-    assert job.status == state
-    expected = expected_refusal(state, verb, job.user_paused)
-    before = (list(rec.trace), job.info())
-    with pytest.raises(JobError) as refused:
-        VERB_CALLS[verb](job)
-    assert refused.value.desc == expected
-    assert (rec.trace, job.info()) == before
-
-
-@pytest.mark.parametrize("state", STATES)
-def test_every_verb_outside_its_states_is_refused(make, rec, state):
-    # White-box: force each state (most cannot be reached by a stream) and check the table.
-    job = make()
-    job.status = state
-    for verb in sorted(set(VERB_CALLS) - {"resume"}):
-        expected = expected_refusal(state, verb, False)
-        if expected is None:
-            continue
-        with pytest.raises(JobError) as refused:
-            VERB_CALLS[verb](job)
-        assert refused.value.desc == expected, verb
-        assert job.status == state
-    job.status = "created"
-
-
-def test_complete_on_a_running_stream(make):
-    job = job_in_state(make, None, "running")
-    with pytest.raises(JobError) as refused:
-        job.complete()
-    assert refused.value.desc == \
-        "Job 'virtio0' in state 'running' cannot accept command verb 'complete'"
-
-
-def test_pause_errors(make, rec):
-    job = job_in_state(make, rec, "running")
-    with pytest.raises(JobError, match="^Can't resume a job that was not paused$"):
-        job.resume()
-    job.pause()
-    with pytest.raises(JobError, match="^Job is already paused$"):
-        job.pause()
-    with pytest.raises(JobError) as refused:
-        job.cancel()
-    assert refused.value.desc == "The block job for device 'virtio0' is currently paused"
-    assert job.user_paused and not job.is_cancelled
-
-
-def test_negative_speed_is_refused_and_changes_nothing(make, rec):
-    job = job_in_state(make, rec, "running")
-    job.set_speed(4096)
-    with pytest.raises(JobError) as refused:
-        job.set_speed(-5)
-    assert refused.value.desc == "Parameter 'speed' expects a non-negative value"
-    assert job.info()["speed"] == 4096
-
-
-def test_a_negative_speed_at_creation_gives_created_then_null(bus, rec, registry):
-    job = ChunkJob("virtio0", bus, rec, speed=-1)
-    with pytest.raises(JobError) as refused:
-        registry.add(job)
-    assert refused.value.desc == "Parameter 'speed' expects a non-negative value"
-    assert rec.trace == ["created", "null"] and registry.jobs() == []
-
-
-def test_an_unknown_on_error_policy_is_refused(bus, rec):
-    with pytest.raises(JobError) as refused:
-        ChunkJob("virtio0", bus, rec, on_error="retry")
-    assert refused.value.desc == "Parameter 'on-error' does not accept value 'retry'"
-
-
-# -- registry ------------------------------------------------------------------------
-
-@pytest.mark.parametrize("job_id", ["#block377", "", "1abc", "a b", "-a", "a/b", "v\u00edrtio0",
-                                    "a,b"])
-def test_invalid_job_ids(bus, rec, registry, job_id):
-    with pytest.raises(JobError) as refused:
-        registry.add(ChunkJob(job_id, bus, rec))
-    assert refused.value.desc == "Invalid job ID '%s'" % job_id
-    assert rec.trace == [] and registry.jobs() == []
-
-
-@pytest.mark.parametrize("job_id", ["virtio0", "ide0-hd0", "j1", "a.b_c-d", "Z"])
-def test_valid_job_ids(job_id):
-    assert id_wellformed(job_id)
-
-
-def test_a_job_id_is_required(bus, rec, registry):
-    with pytest.raises(JobError, match="^An explicit job ID is required$"):
-        registry.add(ChunkJob(None, bus, rec))
-
-
-def test_job_id_in_use_until_the_job_is_gone(make, bus, rec, registry):
-    first = make(auto_dismiss=False)
-    with pytest.raises(JobError) as refused:
-        make()
-    assert refused.value.desc == "Job ID 'virtio0' already in use"
-    assert rec.trace == ["created"] and registry.jobs() == [first]
-    run_to_end(first)
-    with pytest.raises(JobError, match="already in use"):
-        make()
-    first.dismiss()
-    second = make()
-    assert registry.jobs() == [second]
-
-
-def test_find_and_creation_order(make, registry):
-    jobs = [make(name) for name in ("virtio1", "ide0-hd0", "virtio0")]
-    assert registry.jobs() == jobs
-    assert registry.find("ide0-hd0") is jobs[1]
-    with pytest.raises(JobError) as missing:
-        registry.find("nosuch")
-    assert missing.value.desc == "Block job 'nosuch' not found" and missing.value.not_found
-
-
 # -- the rate-limit sleep --------------------------------------------------------------
 
 def sleeping_job(make, **kw):
@@ -632,17 +279,6 @@ def test_busy_while_the_body_works(make, rec):
     assert job.info()["busy"] is True
 
 
-class FakeClock:
-    def __init__(self):
-        self.now = 100.0
-
-    def __call__(self):
-        return self.now
-
-    def advance(self, seconds):
-        self.now += seconds
-
-
 @pytest.mark.parametrize("skip, seconds", [((), 10.0), (range(0, 160, 2), 5.0)])
 def test_the_job_moves_at_speed_and_charges_only_copied_bytes(make, skip, seconds):
     clock = FakeClock()
@@ -650,3 +286,13 @@ def test_the_job_moves_at_speed_and_charges_only_copied_bytes(make, skip, second
     run_to_end(job)
     assert job.offset == 160 * CHUNK                      # 10 MiB, half of it copied or all
     assert clock.now - 100.0 == pytest.approx(seconds, rel=0.03)
+
+
+def test_a_delay_beyond_what_condition_wait_accepts_is_slept_in_parts(make, rec):
+    job = make(chunks=1, speed=1)
+    job.account_copied(2 ** 40)        # ~1.1e11 s at 1 byte/s, beyond threading.TIMEOUT_MAX
+    job.start()
+    wait_until(lambda: not job.busy)
+    job.set_speed(0)
+    assert job.wait(WAIT)
+    assert rec.trace == SUCCESS
