@@ -1,0 +1,180 @@
+"""qcow2 address translation: the host file, the L1 table, a bounded write-through
+cache of L2 tables, and the walk that turns a guest range into runs.
+
+A run is ``(kind, guest_offset, length, host_offset, entry)``; ``kind`` is DATA, ZERO,
+UNALLOCATED or COMPRESSED (one compressed cluster per run, ``entry`` is its L2 entry).
+The walk costs one step per L2 table touched plus one per cluster inside allocated
+tables: an L1 entry of 0 covers its whole range at once.
+"""
+import errno
+import os
+import struct
+from collections import OrderedDict
+
+from .driver import DATA, UNALLOCATED, ZERO
+from .errors import ImageIOError
+from .qcow2_format import (L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED,
+                           QCOW_OFLAG_ZERO, image_error)
+from .qcow2_refcount import be_array
+
+COMPRESSED = "compressed"
+L2_CACHE_SIZE = 32
+_U64 = struct.Struct(">Q")
+
+
+class HostFile:
+    """pread/pwrite on the image file; OS errors become ImageIOError (errno kept)."""
+
+    def __init__(self, path: str, writable: bool):
+        self.path = path
+        try:
+            self.fd = os.open(path, os.O_RDWR if writable else os.O_RDONLY)
+        except OSError as err:
+            raise ImageIOError("Could not open '%s': %s" % (path, err.strerror),
+                               errno=err.errno or errno.EIO, operation="open") from err
+
+    def pread(self, length: int, offset: int) -> bytes:
+        try:
+            return os.pread(self.fd, length, offset)
+        except OSError as err:
+            raise ImageIOError("%s: read failed: %s" % (self.path, err.strerror),
+                               errno=err.errno or errno.EIO, operation="read") from err
+
+    def pwrite(self, data, offset: int) -> None:
+        try:
+            view = memoryview(data)
+            while len(view):
+                done = os.pwrite(self.fd, view, offset)
+                view, offset = view[done:], offset + done
+        except OSError as err:
+            raise ImageIOError("%s: write failed: %s" % (self.path, err.strerror),
+                               errno=err.errno or errno.EIO, operation="write") from err
+
+    def size(self) -> int:
+        return os.fstat(self.fd).st_size
+
+    def fsync(self) -> None:
+        try:
+            os.fsync(self.fd)
+        except OSError as err:
+            raise ImageIOError("%s: flush failed: %s" % (self.path, err.strerror),
+                               errno=err.errno or errno.EIO, operation="flush") from err
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+class AddressMap:
+    """L1 table plus cached L2 tables of one image."""
+
+    def __init__(self, io: HostFile, path: str, cluster_bits: int, l1_offset: int,
+                 l1_size: int, virtual_size: int):
+        self.io, self.path = io, path
+        self.cluster_bits = cluster_bits
+        self.cluster_size = 1 << cluster_bits
+        self.l2_bits = cluster_bits - 3
+        self.l2_entries = 1 << self.l2_bits
+        self.l2_span = self.cluster_size << self.l2_bits     # guest bytes per L2 table
+        self.virtual_size = virtual_size
+        self.l1_offset = l1_offset
+        self.l1 = be_array(io.pread(l1_size * 8, l1_offset).ljust(l1_size * 8, b"\0"))
+        self.l2_cache = OrderedDict()    # L2 table offset -> bytearray
+
+    # -- tables ------------------------------------------------------------
+    def l2_offset(self, l1_index: int) -> int:
+        offset = self.l1[l1_index] & L1E_OFFSET_MASK
+        if offset % self.cluster_size:
+            raise image_error(self.path, "L2 table offset %#x not aligned (L1 index %d)"
+                              % (offset, l1_index), offset)
+        return offset
+
+    def l2_table(self, offset: int) -> bytearray:
+        table = self.l2_cache.get(offset)
+        if table is None:
+            table = bytearray(self.io.pread(self.cluster_size, offset)
+                              .ljust(self.cluster_size, b"\0"))
+            self.cache_l2(offset, table)
+        else:
+            self.l2_cache.move_to_end(offset)
+        return table
+
+    def cache_l2(self, offset: int, table: bytearray) -> None:
+        self.l2_cache[offset] = table
+        self.l2_cache.move_to_end(offset)
+        if len(self.l2_cache) > L2_CACHE_SIZE:
+            self.l2_cache.popitem(last=False)
+
+    def entries(self, l1_index: int, first: int, count: int):
+        """L2 entries [first, first+count) of one table (zeros when it has no table)."""
+        offset = self.l2_offset(l1_index)
+        if offset == 0:
+            return (0,) * count
+        return struct.unpack_from(">%dQ" % count, self.l2_table(offset), first * 8)
+
+    def set_entries(self, l1_index: int, first: int, values) -> None:
+        """Write-through update of L2 entries in an existing table (one pwrite)."""
+        offset = self.l2_offset(l1_index)
+        table = self.l2_table(offset)
+        struct.pack_into(">%dQ" % len(values), table, first * 8, *values)
+        self.io.pwrite(bytes(table[first * 8:(first + len(values)) * 8]), offset + first * 8)
+
+    def set_l1(self, l1_index: int, value: int) -> None:
+        self.io.pwrite(_U64.pack(value), self.l1_offset + l1_index * 8)
+        self.l1[l1_index] = value
+
+    # -- the walk ----------------------------------------------------------
+    def runs(self, offset: int, length: int):
+        """Yield ``(kind, guest_offset, length, host_offset, entry)`` covering the range."""
+        end = offset + length
+        pos = offset
+        while pos < end:
+            l1_index = pos >> (self.cluster_bits + self.l2_bits)
+            seg_end = min(end, (l1_index + 1) * self.l2_span)
+            if l1_index >= len(self.l1) or self.l2_offset(l1_index) == 0:
+                yield (UNALLOCATED, pos, seg_end - pos, None, 0)
+            else:
+                yield from self._table_runs(l1_index, pos, seg_end)
+            pos = seg_end
+
+    def _table_runs(self, l1_index: int, start: int, end: int):
+        bits = self.cluster_bits
+        first = (start >> bits) & (self.l2_entries - 1)
+        count = ((end - 1) >> bits) - (start >> bits) + 1
+        pos = start
+        for entry in self.entries(l1_index, first, count):
+            nxt = min(end, ((pos >> bits) + 1) << bits)
+            if entry & QCOW_OFLAG_COMPRESSED:
+                yield (COMPRESSED, pos, nxt - pos, None, entry)
+            elif entry & QCOW_OFLAG_ZERO:
+                yield (ZERO, pos, nxt - pos, None, entry)
+            else:
+                host = entry & L2E_OFFSET_MASK
+                if host == 0:
+                    yield (UNALLOCATED, pos, nxt - pos, None, entry)
+                else:
+                    if host & (self.cluster_size - 1):
+                        raise image_error(self.path, "data cluster offset %#x not aligned"
+                                          % host, host)
+                    yield (DATA, pos, nxt - pos, host + (pos & (self.cluster_size - 1)), entry)
+            pos = nxt
+
+
+def merged(runs, keep_compressed: bool = False):
+    """Merge adjacent runs of one kind (DATA only when host offsets are contiguous).
+    Compressed runs become DATA without a host offset unless ``keep_compressed``."""
+    cur = None
+    for kind, off, length, host, entry in runs:
+        if kind == COMPRESSED and not keep_compressed:
+            kind = DATA
+        if cur is not None and kind == cur[0] and kind != COMPRESSED and (
+                kind != DATA or (host is None) == (cur[3] is None)
+                and (host is None or cur[3] + cur[2] == host)):
+            cur[2] += length
+            continue
+        if cur is not None:
+            yield tuple(cur)
+        cur = [kind, off, length, host, entry]
+    if cur is not None:
+        yield tuple(cur)
