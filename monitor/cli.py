@@ -47,7 +47,7 @@ def start_servers(core, options, on_quit):
         return None
     from monitor.servers import MonitorServers
     servers = MonitorServers(core, options.qmp_specs, options.monitor_specs, on_quit)
-    servers.start()
+    servers.start()       # MonitorStartError: one line naming the listener
     return servers
 
 
@@ -124,7 +124,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         core.shutdown()
         return _fail(error, 1)
     quit_signal = QuitSignal()
-    servers = start_servers(core, options, quit_signal)
+    from monitor.servers import MonitorStartError
+    try:
+        servers = start_servers(core, options, quit_signal)
+    except MonitorStartError as err:
+        core.shutdown()
+        return _fail(str(err), 1)
     try:
         return run_session(core, options, demo, quit_signal, serving=servers is not None)
     except KeyboardInterrupt:

@@ -206,10 +206,13 @@ def _set_value(options: Options, drive_values: list, kind: str, value: str) -> N
         drive_values.append(parse_drive(value))
     elif kind == "command":
         options.commands.append(value)
-    elif kind == "qmp":
-        options.qmp_specs.append(value)
     else:
-        options.monitor_specs.append(value)
+        from monitor.chardev import ChardevError, parse_chardev
+        try:
+            parse_chardev(value)
+        except ChardevError as err:
+            raise UsageError("-%s %s" % (kind, err)) from err
+        (options.qmp_specs if kind == "qmp" else options.monitor_specs).append(value)
 
 
 USAGE = """\

@@ -69,6 +69,8 @@ def test_bad_drive_values_name_the_problem(value, message):
     (["a", "b", "c", "d", "e", "-drive", "file=f,if=ide", "-drive", "file=g,if=ide",
       "-drive", "file=h,if=ide", "-drive", "file=i,if=ide", "-drive", "file=j,if=ide"],
      "-drive file=j: no free if=ide index left"),
+    (["-qmp", "serial:/dev/ttyS0"],
+     "-qmp chardev 'serial:/dev/ttyS0': unsupported backend 'serial' (use unix:PATH or tcp:HOST:PORT)"),
 ])
 def test_bad_options_raise_one_line(argv, message):
     with pytest.raises(UsageError) as err:
@@ -78,10 +80,10 @@ def test_bad_options_raise_one_line(argv, message):
 
 def test_other_options():
     options = parse_command_line(["-q", "-c", "info block", "-c", "info version", "-qmp", "unix:/q",
-                                  "-monitor", "tcp:127.0.0.1:0", "--demo", "/tmp/d", "--walkthrough"])
+                                  "-monitor", "tcp:127.0.0.1:4444", "--demo", "/tmp/d", "--walkthrough"])
     assert options.quiet and options.walkthrough and options.demo
     assert options.commands == ["info block", "info version"]
-    assert options.qmp_specs == ["unix:/q"] and options.monitor_specs == ["tcp:127.0.0.1:0"]
+    assert options.qmp_specs == ["unix:/q"] and options.monitor_specs == ["tcp:127.0.0.1:4444"]
     assert options.demo_dir == "/tmp/d"
     assert parse_command_line(["--demo"]).demo_dir is None
 
