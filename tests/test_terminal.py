@@ -71,7 +71,8 @@ class Tmux:
 
 
 def prompt_line(screen):
-    lines = [line for line in screen.splitlines() if line.startswith("(qemu) ")]
+    # capture-pane drops trailing blanks: an empty prompt reads "(qemu)".
+    lines = [line.rstrip() for line in screen.splitlines() if line.startswith("(qemu)")]
     return lines[-1] if lines else None
 
 
@@ -84,7 +85,7 @@ def test_console_in_a_real_terminal(tmp_path):
     term = Tmux([sys.executable, "-m", "monitor", "--demo", str(tmp_path / "demo")],
                 {"XDG_STATE_HOME": str(tmp_path / "state"), "PYTHONPATH": ROOT, "TERM": "xterm-256color"})
     try:
-        term.wait(lambda s: prompt_line(s) == "(qemu) ", "the prompt")
+        term.wait(lambda s: prompt_line(s) == "(qemu)", "the prompt")
         term.keys("block_s", "Tab")
         term.wait(lambda s: prompt_line(s) == "(qemu) block_stream", "command completion")
         term.keys(" virt", "Tab")
