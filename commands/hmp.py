@@ -1,0 +1,194 @@
+"""The HMP interpreter: one command line in, QEMU's text out, via the QMP-shaped core.
+
+``HmpInterpreter(core).run_line(line)`` finds the command in the table, parses its
+arguments (``commands.args``), and calls the adapter, which maps words to QMP
+arguments exactly as QEMU's block/monitor/block-hmp-cmds.c does and calls
+``core.execute``.  Command errors print ``Error: <desc>``; parse errors print the
+message and ``Try "help <cmd>" for more information``; success prints nothing.
+Console-bound commands (``block_job_wait``, ``sleep``) go through ``handlers`` so
+the terminal front end can draw progress while they block.
+"""
+import time
+from dataclasses import dataclass
+from typing import Callable, Dict, Optional
+
+from images.errors import BlockError
+
+from . import hmp_info
+from .args import ParseError, parse_arguments
+from .errors import CommandError, qmp_error
+from .table import find_command
+
+_SPACE = " \t\n\r\v\f"
+
+
+@dataclass(frozen=True)
+class HmpResult:
+    output: str         # "\n" line ends
+    ok: bool            # false after a parse error, an unknown command or "Error: ..."
+    quit: bool = False
+
+
+def control_character(line: str) -> Optional[str]:
+    """The first character a command line must not hold (tab is a space), or None."""
+    for char in line:
+        if (ord(char) < 32 and char != "\t") or ord(char) == 127:
+            return char
+    return None
+
+
+class HmpInterpreter:
+    """Runs HMP command lines against ``core`` (see /work/CORE_API.md)."""
+
+    def __init__(self, core, handlers: Optional[Dict[str, Callable[[dict], str]]] = None):
+        self.core = core
+        self.handlers = {"block_job_wait": self._wait, "sleep": self._sleep}
+        self.handlers.update(handlers or {})
+
+    def run_line(self, line: str) -> HmpResult:
+        line = line.rstrip("\r\n").lstrip(_SPACE)
+        bad = control_character(line)
+        if bad is not None:
+            return HmpResult("invalid control character 0x%02x in command line\n" % ord(bad), False)
+        if not line.strip(_SPACE):
+            return HmpResult("", True)
+        word, rest = _split_word(line)
+        command = find_command(word)
+        if command is None:
+            return HmpResult("unknown command: '%s'\n" % word, False)
+        typed, adapters = word, _ADAPTERS
+        if command.sub_table is not None and rest.strip(_SPACE):
+            sub_word, rest = _split_word(rest.lstrip(_SPACE))
+            typed = line[:len(line) - len(rest)].rstrip(_SPACE)
+            command = find_command(sub_word, command.sub_table)
+            if command is None:
+                return HmpResult("unknown command: '%s'\n" % typed, False)
+            word, adapters = sub_word, _INFO_ADAPTERS
+        try:
+            args = parse_arguments(word, command.args_type, rest, command.word_fallback)
+        except ParseError as err:
+            return HmpResult('%s\nTry "help %s" for more information\n' % (err.message, typed), False)
+        if adapters is _ADAPTERS and command.primary in self.handlers:
+            return self._run(lambda hmp, a: self.handlers[command.primary](a) or "", args)
+        return self._run(adapters[command.primary], args, command.primary == "quit")
+
+    def _run(self, adapter, args: dict, quit: bool = False) -> HmpResult:
+        try:
+            return HmpResult(adapter(self, args), True, quit)
+        except (CommandError, BlockError) as err:
+            return HmpResult("Error: %s\n" % qmp_error(err)["desc"], False)
+
+    # -- console-bound defaults (the monitor overrides them) ---------------------------
+    def _wait(self, args: dict) -> str:
+        self.core.wait_jobs(args.get("device"))
+        return ""
+
+    def _sleep(self, args: dict) -> str:
+        time.sleep(args["seconds"])
+        return ""
+
+
+def _split_word(text: str):
+    """QEMU's get_command_name: the word up to the first space, and the rest."""
+    end = 0
+    while end < len(text) and text[end] not in _SPACE:
+        end += 1
+    return text[:end], text[end:]
+
+
+# -- adapters: words -> QMP arguments -> text (block-hmp-cmds.c) --------------------------
+def _block_stream(hmp, args):
+    device = args["device"]
+    qmp = {"job-id": device, "device": device, "on-error": "report"}
+    if "base" in args:
+        qmp["base"] = args["base"]
+    if "speed" in args:
+        qmp["speed"] = args["speed"]
+    hmp.core.execute("block-stream", qmp)
+    return ""
+
+
+def _job_verb(qmp_name, with_force=False, with_speed=False):
+    def adapter(hmp, args):
+        qmp = {"device": args["device"]}
+        if with_force:
+            qmp["force"] = bool(args.get("force", False))
+        if with_speed:
+            qmp["speed"] = args["speed"]
+        hmp.core.execute(qmp_name, qmp)
+        return ""
+    return adapter
+
+
+def _snapshot_blkdev(hmp, args):
+    if "snapshot-file" not in args:
+        raise CommandError("Parameter 'snapshot-file' is missing")
+    qmp = {"device": args["device"], "snapshot-file": args["snapshot-file"],
+           "mode": "existing" if args.get("reuse") else "absolute-paths"}
+    if "format" in args:
+        qmp["format"] = args["format"]
+    hmp.core.execute("blockdev-snapshot-sync", qmp)
+    return ""
+
+
+def _qemu_io(hmp, args):
+    return hmp.core.execute("x-blockmon-qemu-io",
+                            {"device": args["device"], "command": args["command"]})
+
+
+def _help(hmp, args):
+    return hmp_info.format_help(args.get("name", "").split())
+
+
+def _info(hmp, args):
+    return hmp_info.format_info_help()
+
+
+def _quit(hmp, args):
+    hmp.core.execute("quit", {})
+    return ""
+
+
+def _info_block(hmp, args):
+    devices = hmp.core.execute("query-block", {})
+    return hmp_info.format_block(devices, bool(args.get("verbose")), args.get("device"))
+
+
+def _info_blockmap(hmp, args):
+    if "device" in args:
+        names = [args["device"]]
+    else:
+        names = [info["device"] for info in hmp.core.execute("query-block", {})]
+    maps = [hmp_info.format_blockmap(name, hmp.core.execute("x-blockmon-block-map",
+                                                            {"device": name}))
+            for name in names]
+    return "\n".join(maps) + (hmp_info.BLOCKMAP_LEGEND if maps else "")
+
+
+_ADAPTERS = {
+    "help": _help,
+    "quit": _quit,
+    "info": _info,
+    "block_stream": _block_stream,
+    "block_job_set_speed": _job_verb("block-job-set-speed", with_speed=True),
+    "block_job_cancel": _job_verb("block-job-cancel", with_force=True),
+    "block_job_complete": _job_verb("block-job-complete"),
+    "block_job_pause": _job_verb("block-job-pause"),
+    "block_job_resume": _job_verb("block-job-resume"),
+    "snapshot_blkdev": _snapshot_blkdev,
+    "qemu-io": _qemu_io,
+}
+
+_INFO_ADAPTERS = {
+    "version": lambda hmp, args: hmp_info.format_version(hmp.core.execute("query-version", {})),
+    "block": _info_block,
+    "block-jobs": lambda hmp, args: hmp_info.format_block_jobs(
+        hmp.core.execute("query-block-jobs", {})),
+    "blockmap": _info_blockmap,
+}
+
+
+def adapter_names():
+    """(HMP command, info subcommand) names that have adapters, for the table lint."""
+    return set(_ADAPTERS), set(_INFO_ADAPTERS)
+

@@ -1,0 +1,69 @@
+"""QMP argument checking against the command table's schemas, with QAPI's texts.
+
+Order follows QEMU's input visitor: members in schema order (missing, wrong type,
+bad enum value), then leftovers (``Parameter 'x' is unexpected``).  Nothing is
+converted or defaulted; the handler sees the arguments as given.
+"""
+from typing import Optional
+
+from .errors import COMMAND_NOT_FOUND, CommandError
+from .table import ENUMS, QMP_SCHEMAS
+
+INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+_TYPE_WORDS = {"str": "string", "int": "integer", "bool": "boolean"}
+
+
+def schema_of(name: str) -> dict:
+    """The schema of QMP command ``name``; CommandNotFound if there is none."""
+    schema = QMP_SCHEMAS.get(name)
+    if schema is None:
+        raise CommandError("The command %s has not been found" % name, COMMAND_NOT_FOUND)
+    return schema
+
+
+def validate_arguments(name: str, arguments: Optional[dict]) -> None:
+    """Raise CommandError (GenericError) unless ``arguments`` fit command ``name``'s schema."""
+    schema = schema_of(name)
+    arguments = arguments or {}
+    for key, type_ in schema.items():
+        member = key.lstrip("*")
+        if member not in arguments:
+            if not key.startswith("*"):
+                raise CommandError("Parameter '%s' is missing" % member)
+            continue
+        check_value(member, type_, arguments[member])
+    known = {key.lstrip("*") for key in schema}
+    for member in arguments:
+        if member not in known:
+            raise CommandError("Parameter '%s' is unexpected" % member)
+
+
+def check_value(member: str, type_, value) -> None:
+    """One member against its type: str, int (int64), bool, an enum name, or [type]."""
+    if isinstance(type_, list):
+        if not isinstance(value, list):
+            raise _type_error(member, "array")
+        for item in value:
+            check_value(member, type_[0], item)
+        return
+    if type_ in ENUMS:
+        if not isinstance(value, str):
+            raise _type_error(member, "string")
+        if value not in ENUMS[type_]:
+            raise CommandError("Parameter '%s' does not accept value '%s'" % (member, value))
+        return
+    if type_ == "str":
+        ok = isinstance(value, str)
+    elif type_ == "bool":
+        ok = isinstance(value, bool)
+    elif type_ == "int":
+        ok = (isinstance(value, int) and not isinstance(value, bool)
+              and INT64_MIN <= value <= INT64_MAX)
+    else:
+        raise ValueError("unknown schema type %r for %r" % (type_, member))
+    if not ok:
+        raise _type_error(member, _TYPE_WORDS[type_])
+
+
+def _type_error(member: str, expected: str) -> CommandError:
+    return CommandError("Invalid parameter type for '%s', expected: %s" % (member, expected))

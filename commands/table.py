@@ -1,0 +1,162 @@
+"""The one declarative command table: HMP commands, ``info`` subcommands, QMP schemas.
+
+Every reader of commands reads this module and nothing else: the HMP parser
+(``commands.args``), ``help`` (``commands.hmp_info``), QMP argument checking
+(``commands.qmp_args``), ``query-commands``, the console's completer and lexer.
+
+HMP entries copy QEMU 7.2's ``hmp-commands.hx`` / ``hmp-commands-info.hx``:
+``name`` (``|`` separates aliases, as QEMU prints it), ``args_type`` in QEMU's
+grammar, ``params`` and ``help`` verbatim.  ``qmp`` names the QMP command the HMP
+adapter calls (None for console-only commands); ``ours`` marks blockmon's
+extensions, whose help ends with "(blockmon)".  ``complete`` says where the
+completer finds candidates for an argument (default: by argument kind).
+``word_fallback`` is our one deliberate parser improvement: an optional size word
+that is not a size fills the named string argument instead (``block_stream
+virtio0 A``).
+"""
+from dataclasses import dataclass, field
+from typing import Dict, Optional, Tuple
+
+
+@dataclass(frozen=True)
+class HmpCommand:
+    name: str
+    args_type: str
+    params: str
+    help: str
+    qmp: Optional[str] = None
+    ours: bool = False
+    sub_table: Optional[Tuple["HmpCommand", ...]] = None
+    complete: Dict[str, str] = field(default_factory=dict)
+    word_fallback: Dict[str, str] = field(default_factory=dict)
+
+    @property
+    def names(self) -> Tuple[str, ...]:
+        """The primary name first, then the aliases."""
+        return tuple(self.name.split("|"))
+
+    @property
+    def primary(self) -> str:
+        return self.names[0]
+
+
+_JOB_DEVICE = {"device": "jobs"}
+
+INFO_COMMANDS: Tuple[HmpCommand, ...] = (
+    HmpCommand("version", "", "", "show the version of QEMU", qmp="query-version"),
+    # QEMU also has -n (named nodes); we have no query-named-block-nodes, so the
+    # flag and its mention in the help are left out.
+    HmpCommand("block", "verbose:-v,device:B?", "[-v] [device]",
+               "show info of one block device or all block devices (-v: show details)",
+               qmp="query-block", complete={"device": "devices"}),
+    HmpCommand("block-jobs", "", "", "show progress of ongoing block device operations",
+               qmp="query-block-jobs"),
+    HmpCommand("blockmap", "device:B?", "[device]",
+               "show which image of the backing chain holds each part of the disk: "
+               "'#' data, '0' zero, '.' unallocated, '+' mixed (blockmon)",
+               qmp="x-blockmon-block-map", ours=True),
+)
+
+HMP_COMMANDS: Tuple[HmpCommand, ...] = (
+    HmpCommand("help|?", "name:S?", "[cmd]", "show the help", complete={"name": "commands"}),
+    HmpCommand("quit|q", "", "", "quit the emulator", qmp="quit"),
+    HmpCommand("block_stream", "device:B,speed:o?,base:s?", "device [speed [base]]",
+               "copy data from a backing file into a block device", qmp="block-stream",
+               complete={"base": "nodes"}, word_fallback={"speed": "base"}),
+    HmpCommand("block_job_set_speed", "device:B,speed:o", "device speed",
+               "set maximum speed for a background block operation",
+               qmp="block-job-set-speed", complete=_JOB_DEVICE),
+    HmpCommand("block_job_cancel", "force:-f,device:B", "[-f] device",
+               "stop an active background block operation (use -f"
+               "\n\t\t\t if you want to abort the operation immediately"
+               "\n\t\t\t instead of keep running until data is in sync)",
+               qmp="block-job-cancel", complete=_JOB_DEVICE),
+    # QEMU's help text for complete is a copy-paste of cancel's first words; kept.
+    HmpCommand("block_job_complete", "device:B", "device",
+               "stop an active background block operation",
+               qmp="block-job-complete", complete=_JOB_DEVICE),
+    HmpCommand("block_job_pause", "device:B", "device",
+               "pause an active background block operation",
+               qmp="block-job-pause", complete=_JOB_DEVICE),
+    HmpCommand("block_job_resume", "device:B", "device",
+               "resume a paused background block operation",
+               qmp="block-job-resume", complete=_JOB_DEVICE),
+    HmpCommand("snapshot_blkdev", "reuse:-n,device:B,snapshot-file:s?,format:s?",
+               "[-n] device [new-image-file] [format]",
+               "initiates a live snapshot\n\t\t\t"
+               "of device. If a new image file is specified, the\n\t\t\t"
+               "new image file will become the new root image.\n\t\t\t"
+               "If format is specified, the snapshot file will\n\t\t\t"
+               "be created in that format.\n\t\t\t"
+               "The default format is qcow2.  The -n flag requests QEMU\n\t\t\t"
+               "to reuse the image found in new-image-file, instead of\n\t\t\t"
+               "recreating it from scratch.",
+               qmp="blockdev-snapshot-sync",
+               complete={"device": "devices", "snapshot-file": "files", "format": "formats"}),
+    # -d (qdev id) is accepted for compatibility: our device ids are the drive names.
+    HmpCommand("qemu-io", "qdev:-d,device:B,command:s", "[-d] [device] \"[command]\"",
+               "run a qemu-io command on a block device\n\t\t\t"
+               "-d: [device] is a device ID rather than a drive ID or node name",
+               qmp="x-blockmon-qemu-io", complete={"command": "qemu-io"}),
+    HmpCommand("info", "item:s?", "[subcommand]",
+               "show various information about the system state",
+               sub_table=INFO_COMMANDS, complete={"item": "info"}),
+    HmpCommand("block_job_wait", "device:B?", "[device]",
+               "wait until the device's block job (or every job) has ended, "
+               "showing progress; Ctrl-C stops waiting (blockmon)",
+               ours=True, complete=_JOB_DEVICE),
+    HmpCommand("sleep", "seconds:T", "seconds",
+               "pause the script for a number of seconds (blockmon)", ours=True),
+)
+
+# -- QMP schemas: argument name -> type; '*' marks optional (QAPI notation) ----------
+ENUMS: Dict[str, Tuple[str, ...]] = {
+    "BlockdevOnError": ("report", "ignore", "enospc", "stop", "auto"),
+    "NewImageMode": ("existing", "absolute-paths"),
+}
+
+QMP_SCHEMAS: Dict[str, Dict[str, object]] = {
+    "qmp_capabilities": {"*enable": ["str"]},
+    "query-version": {},
+    "query-commands": {},
+    "query-block": {},
+    "query-block-jobs": {},
+    "block-stream": {
+        "*job-id": "str", "device": "str", "*base": "str", "*base-node": "str",
+        "*backing-file": "str", "*speed": "int", "*on-error": "BlockdevOnError",
+        "*auto-finalize": "bool", "*auto-dismiss": "bool",
+    },
+    "block-job-set-speed": {"device": "str", "speed": "int"},
+    "block-job-cancel": {"device": "str", "*force": "bool"},
+    "block-job-pause": {"device": "str"},
+    "block-job-resume": {"device": "str"},
+    "block-job-complete": {"device": "str"},
+    "block-job-finalize": {"id": "str"},
+    "block-job-dismiss": {"id": "str"},
+    "blockdev-snapshot-sync": {
+        "*device": "str", "*node-name": "str", "snapshot-file": "str",
+        "*snapshot-node-name": "str", "*format": "str", "*mode": "NewImageMode",
+    },
+    "human-monitor-command": {"command-line": "str", "*cpu-index": "int"},
+    "x-blockmon-qemu-io": {"device": "str", "command": "str"},
+    "x-blockmon-block-map": {"device": "str"},
+    "quit": {},
+}
+
+
+def find_command(word: str, table: Tuple[HmpCommand, ...] = HMP_COMMANDS) -> Optional[HmpCommand]:
+    """The entry whose name or alias is ``word`` (QEMU's hmp_compare_cmd), or None."""
+    for command in table:
+        if word in command.names:
+            return command
+    return None
+
+
+def command_words(table: Tuple[HmpCommand, ...] = HMP_COMMANDS) -> Tuple[str, ...]:
+    """Every name and alias, for the completer and the lexer."""
+    return tuple(word for command in table for word in command.names)
+
+
+def qmp_command_names() -> Tuple[str, ...]:
+    """What ``query-commands`` lists."""
+    return tuple(sorted(QMP_SCHEMAS))
