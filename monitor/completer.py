@@ -1,88 +1,124 @@
 """Tab completion driven by the command table and the argument kinds.
 
-The first word completes to command names and aliases; after ``info`` to the info
-subcommands; after ``help`` to command names.  Arguments complete by their kind:
-a block device (``B``) to device and node names, or to job ids for the
-``block_job_*`` commands; a file (``F``, or a string named like a file) to paths;
-a flag to the command's flags.  ``block_stream``'s later words complete to node
-names, since the seed's ``block_stream virtio0 A`` takes a base in second place.
+The first word completes to command names and aliases (``commands.table``);
+``info``'s word to the info subcommands.  For an argument, ``argument_at`` (in
+``commands.args``) says which spec the word fills; the entry's ``complete`` map
+(or the kind's default) names a candidate source, and the kind completes the
+prefix from this module's ``CompletionContext``: device and node names, job ids,
+file paths, formats, qemu-io commands, read live from the core.
 """
-from typing import Iterable, List, Optional
+import os
+from typing import Iterable, List
 
-from prompt_toolkit.completion import Completer, Completion, PathCompleter
+from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.document import Document
 
-from monitor.table_view import ArgSpec, TableView, table_view
+from commands.args import argument_at, compile_args
+from commands.table import HMP_COMMANDS, command_words, find_command
 
-FILE_ARG_NAMES = ("snapshot-file", "target", "filename", "file")
-JOB_COMMAND_PREFIX = "block_job_"
-HELP_COMMANDS = ("help", "?")
+FORMATS = ("qcow2", "raw")
+QEMU_IO_COMMANDS = ('"read ', '"write ', '"discard ', '"map"', '"alloc ')
 
 
-def split_words(text: str) -> List[str]:
-    """Words before the cursor; the last is the prefix being completed ("" after a space)."""
-    words = text.split()
-    if not text or text[-1].isspace():
-        words.append("")
-    return words
+def path_candidates(prefix: str) -> List[str]:
+    """Entries of the directory ``prefix`` points into, directories ending in "/"."""
+    directory, _ = os.path.split(prefix)
+    listed = os.path.expanduser(directory) or "."
+    try:
+        names = sorted(os.listdir(listed))
+    except OSError:
+        return []
+    result = []
+    for name in names:
+        path = os.path.join(directory, name) if directory else name
+        result.append(path + "/" if os.path.isdir(os.path.join(listed, name)) else path)
+    return result
+
+
+class CompletionContext:
+    """``candidates(source, prefix)`` for the sources named in the command table."""
+
+    def __init__(self, core, table=HMP_COMMANDS):
+        self._core = core
+        self._table = table
+
+    def candidates(self, source: str, prefix: str) -> List[str]:
+        result = []
+        for part in source.split("+"):
+            result += self._one_source(part, prefix)
+        return result
+
+    def _one_source(self, source: str, prefix: str) -> List[str]:
+        if source == "devices":
+            return self._core.device_names()
+        if source == "nodes":
+            return self._core.node_names()
+        if source == "jobs":
+            return self._core.job_ids()
+        if source == "files":
+            return path_candidates(prefix)
+        if source == "formats":
+            return list(FORMATS)
+        if source == "commands":
+            return list(command_words(self._table))
+        if source == "info":
+            info = find_command("info", self._table)
+            return list(command_words(info.sub_table)) if info and info.sub_table else []
+        if source == "qemu-io":
+            return list(QEMU_IO_COMMANDS)
+        return []
 
 
 class HmpCompleter(Completer):
-    def __init__(self, core, view: Optional[TableView] = None):
-        self._core = core
-        self._view = view
-        self._paths = PathCompleter(expanduser=True)
-
-    @property
-    def view(self) -> TableView:
-        if self._view is None:
-            self._view = table_view()
-        return self._view
+    def __init__(self, core, table=HMP_COMMANDS):
+        self._table = table
+        self._context = CompletionContext(core, table)
 
     def get_completions(self, document: Document, complete_event) -> Iterable[Completion]:
-        words = split_words(document.text_before_cursor)
-        prefix = words[-1]
-        if len(words) == 1:
-            return self._matching(self.view.names(), prefix)
-        command = words[0]
-        if command in HELP_COMMANDS and len(words) == 2:
-            return self._matching(self.view.names(), prefix)
-        if command == "info":
-            if len(words) == 2:
-                return self._matching(self.view.info_names(), prefix)
-            return self._arguments(command, words[1], words[2:])
-        return self._arguments(command, None, words[1:])
+        prefix = document.text_before_cursor
+        return [Completion(word, start_position=-len(typed)) for word, typed in self.complete(prefix)]
 
-    def _arguments(self, command: str, info_sub: Optional[str], args: List[str]) -> Iterable[Completion]:
-        prefix = args[-1]
-        if prefix.startswith("-"):
-            return self._matching(self.view.flags(command, info_sub), prefix)
-        position = sum(1 for word in args[:-1] if not word.startswith("-"))
-        positional = self.view.positional(command, info_sub)
-        if command == "block_stream" and position >= 1:
-            return self._matching(self._core.node_names(), prefix)
-        if position >= len(positional):
+    def complete(self, text: str) -> List[tuple]:
+        """(candidate, the typed prefix it replaces) for the line ``text`` before the cursor."""
+        line = text.lstrip()
+        if not _has_space(line):
+            return self._matching(command_words(self._table), line)
+        word = line.split(None, 1)[0]
+        rest = line[len(word):]
+        command = find_command(word, self._table)
+        if command is None:
             return []
-        return self._for_kind(command, positional[position], prefix)
+        if not command.sub_table:
+            return self._complete_args(command, rest)
+        inner = rest.lstrip()
+        if not _has_space(inner):
+            return self._complete_args(command, rest)       # the subcommand itself
+        sub_word = inner.split(None, 1)[0]
+        sub = find_command(sub_word, command.sub_table)
+        return self._complete_args(sub, inner[len(sub_word):]) if sub else []
 
-    def _for_kind(self, command: str, spec: ArgSpec, prefix: str) -> Iterable[Completion]:
-        if spec.kind == "B":
-            if command.startswith(JOB_COMMAND_PREFIX):
-                return self._matching(self._core.job_ids(), prefix)
-            names = list(dict.fromkeys(self._core.device_names() + self._core.node_names()))
-            return self._matching(names, prefix)
-        if spec.kind == "F" or (spec.kind == "s" and spec.name in FILE_ARG_NAMES):
-            return self._path_completions(prefix)
-        return []
-
-    def _path_completions(self, prefix: str) -> Iterable[Completion]:
-        # PathCompleter completes the tail after the last "/"; re-anchor its
-        # completions on the whole word so the replaced span is right.
-        for completion in self._paths.get_completions(Document(prefix), None):
-            yield Completion(completion.text, start_position=completion.start_position,
-                             display=completion.display)
+    def _complete_args(self, command, text: str) -> List[tuple]:
+        spec, prefix = argument_at(command.args_type, text)
+        if spec is None:
+            return []
+        if spec.is_flag:
+            flags = ["-" + s.kind.flag for s in _flag_specs(command)]
+            return self._matching(flags, prefix)
+        source = command.complete.get(spec.name, "")
+        words = spec.kind.complete(prefix, self._context, source)
+        fallback = command.word_fallback.get(spec.name)
+        if fallback:
+            words += spec.kind.complete(prefix, self._context, command.complete.get(fallback, ""))
+        return [(word, prefix) for word in dict.fromkeys(words)]
 
     @staticmethod
-    def _matching(candidates: Iterable[str], prefix: str) -> List[Completion]:
-        return [Completion(name, start_position=-len(prefix)) for name in candidates
-                if name.startswith(prefix)]
+    def _matching(words, prefix: str) -> List[tuple]:
+        return [(word, prefix) for word in words if word.startswith(prefix)]
+
+
+def _has_space(text: str) -> bool:
+    return any(char.isspace() for char in text)
+
+
+def _flag_specs(command):
+    return [spec for spec in compile_args(command.args_type) if spec.is_flag]

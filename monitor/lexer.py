@@ -7,27 +7,26 @@ strings (String).  ``make_lexer(core)`` returns a pygments Lexer class for
 prompt_toolkit's ``PygmentsLexer``.
 """
 import re
-from typing import Optional
 
 from pygments.lexer import Lexer
 from pygments.token import Error, Keyword, Name, Number, String, Text
 
-from monitor.table_view import TableView, table_view
+from commands.table import HMP_COMMANDS, command_words, find_command
 
 SIZE = re.compile(r"^\d+(\.\d+)?[bBkKmMgGtTpPeE]?$")
 WORD = re.compile(r'\s+|"(?:[^"\\]|\\.)*"?|\S+')
+HELP_WORDS = ("help", "?")
 
 
-def word_token(word: str, position: int, first: Optional[str], view: TableView, names) -> object:
-    """The token of one word; ``position`` counts words from 0, ``first`` is the command."""
-    if word.isspace():
-        return Text
+def word_token(word: str, position: int, first: str, table, names) -> object:
+    """The token of one non-blank word; ``position`` counts words from 0, ``first`` is the command."""
     if position == 0:
-        return Keyword if word in view.commands else Error
-    if position == 1 and first == "info":
-        return Keyword if word in view.info else Error
-    if position == 1 and first in ("help", "?"):
-        return Keyword if (word in view.commands or word in view.info) else Text
+        return Keyword if find_command(word, table) else Error
+    command = find_command(first, table)
+    if position == 1 and command is not None and command.sub_table:
+        return Keyword if find_command(word, command.sub_table) else Error
+    if position == 1 and first in HELP_WORDS:
+        return Keyword if word in command_words(table) else Text
     if word.startswith('"'):
         return String
     if word.startswith("-") and len(word) == 2:
@@ -41,14 +40,8 @@ def word_token(word: str, position: int, first: Optional[str], view: TableView, 
     return Text
 
 
-def make_lexer(core, view: Optional[TableView] = None):
-    """A pygments Lexer class bound to ``core`` (for device names) and the table."""
-    state = {"view": view}
-
-    def current_view() -> TableView:
-        if state["view"] is None:
-            state["view"] = table_view()
-        return state["view"]
+def make_lexer(core, table=HMP_COMMANDS):
+    """A pygments Lexer class bound to ``core`` (for device and node names) and the table."""
 
     def names():
         return set(core.device_names()) | set(core.node_names())
@@ -58,13 +51,14 @@ def make_lexer(core, view: Optional[TableView] = None):
         aliases = ["hmp"]
 
         def get_tokens_unprocessed(self, text):
-            position, first = 0, None
+            position, first = 0, ""
             for match in WORD.finditer(text):
                 word = match.group()
-                token = word_token(word, position, first, current_view(), names)
-                if not word.isspace():
-                    first = word if position == 0 else first
-                    position += 1
-                yield match.start(), token, word
+                if word.isspace():
+                    yield match.start(), Text, word
+                    continue
+                yield match.start(), word_token(word, position, first, table, names), word
+                first = word if position == 0 else first
+                position += 1
 
     return HmpLexer

@@ -41,12 +41,12 @@ def _print_line(line: str) -> None:
 class Repl:
     """``Repl(core).run()`` reads commands until Ctrl-D, ``quit`` or ``request_exit()``.
 
-    ``view`` (the command table's TableView) and the ``input``/``output`` are for tests.
+    ``input``/``output`` (prompt_toolkit's) are for tests.
     """
 
     def __init__(self, core, make_interpreter: Callable = default_interpreter,
                  history=None, input=None, output=None, colour: bool = True,
-                 sleep: Callable = time.sleep, wait_stream=None, view=None):
+                 sleep: Callable = time.sleep, wait_stream=None):
         self._core = core
         self._events = EventsView(core.events, _print_line,
                                   formatter=lambda event: event_line(event, colour=colour))
@@ -58,8 +58,8 @@ class Repl:
             history = open_history(history_path())
         self._exit_requested = threading.Event()
         self._session = PromptSession(
-            message=PROMPT, history=history, completer=HmpCompleter(core, view),
-            complete_while_typing=False, lexer=PygmentsLexer(make_lexer(core, view)),
+            message=PROMPT, history=history, completer=HmpCompleter(core),
+            complete_while_typing=False, lexer=PygmentsLexer(make_lexer(core)),
             bottom_toolbar=JobsToolbar(core), refresh_interval=REFRESH_INTERVAL,
             style=STYLE, input=input, output=output, enable_history_search=False)
 

@@ -14,61 +14,41 @@ from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from pygments.token import Error, Keyword, Name, Number, String
 
-from monitor.completer import HmpCompleter, split_words
+from monitor.completer import HmpCompleter, path_candidates
 from monitor.events_view import EventsView, event_line, is_failure
 from monitor.history import history_path
 from monitor.lexer import make_lexer
 from monitor.progress import ThroughputMeter, format_bytes, job_state
 from monitor.repl import Repl
-from monitor.table_view import ArgSpec, TableView, build_view, parse_args_type
 from monitor.toolbar import IDLE_HINT, JobsToolbar
 from test_repl_fakes import FakeCore, FakeInterpreter
 
 ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 
 
-class Entry:
-    def __init__(self, name, args_type, aliases=()):
-        self.name, self.args_type, self.aliases = name, args_type, aliases
-
-
-VIEW = build_view(
-    [Entry("help|?", "name:S?"), Entry("quit|q", ""), Entry("block_stream", "device:B,speed:o?,base:s?"),
-     Entry("block_job_cancel", "force:-f,device:B"), Entry("block_job_set_speed", "device:B,speed:o"),
-     Entry("snapshot_blkdev", "reuse:-n,device:B,snapshot-file:s?,format:s?"), Entry("info", "item:s?")],
-    [Entry("block", "nodes:-n,verbose:-v,device:B?"), Entry("block-jobs", ""), Entry("blockmap", "device:B?")])
-
-
 def complete(core, text):
-    completer = HmpCompleter(core, VIEW)
+    completer = HmpCompleter(core)
     return [c.text for c in completer.get_completions(Document(text), None)]
-
-
-def test_args_type_is_compiled_into_specs():
-    assert parse_args_type("force:-f,device:B,speed:o?") == [
-        ArgSpec("force", "-f", True), ArgSpec("device", "B", False), ArgSpec("speed", "o", True)]
-    assert VIEW.primary["q"] == "quit" and "?" in VIEW.commands
-
-
-def test_split_words_keeps_an_empty_prefix_after_a_space():
-    assert split_words("") == [""]
-    assert split_words("info ") == ["info", ""]
-    assert split_words("block_stream vir") == ["block_stream", "vir"]
 
 
 @pytest.mark.parametrize("text,expected", [
     ("block_s", ["block_stream"]),
-    ("block_job_", ["block_job_cancel", "block_job_set_speed"]),
-    ("q", ["q", "quit"]),
+    ("block_job_", ["block_job_set_speed", "block_job_cancel", "block_job_complete",
+                    "block_job_pause", "block_job_resume", "block_job_wait"]),
+    ("q", ["quit", "q", "qemu-io"]),
     ("info bl", ["block", "block-jobs", "blockmap"]),
     ("help snap", ["snapshot_blkdev"]),
     ("block_stream v", ["virtio0"]),
-    ("block_stream ", ["virtio0", "ide0-hd0", "D", "C", "B", "A", "disk0"]),
-    ("block_stream virtio0 ", ["D", "C", "B", "A", "disk0"]),
+    ("block_stream ", ["A", "B", "C", "D", "disk0", "ide0-hd0", "virtio0"]),
+    ("block_stream virtio0 ", ["A", "B", "C", "D", "disk0"]),
+    ("block_stream virtio0 6M C", ["C"]),
     ("block_job_cancel -", ["-f"]),
-    ("info block -", ["-n", "-v"]),
+    ("info block -", ["-v"]),
     ("info blockmap i", ["ide0-hd0"]),
+    ("info nosuch ", []),
+    ("nosuch ", []),
     ("snapshot_blkdev -n ide0-hd0 /nonexistent-dir-xyz/", []),
+    ("snapshot_blkdev ide0-hd0 /x.img q", ["qcow2"]),
     ("block_job_set_speed virtio0 ", []),
     ("quit ", []),
 ])
@@ -85,11 +65,13 @@ def test_job_commands_complete_job_ids():
 def test_file_arguments_complete_paths(tmp_path):
     (tmp_path / "new-disk.qcow2").write_bytes(b"")
     (tmp_path / "other").mkdir()
-    assert complete(FakeCore(), "snapshot_blkdev virtio0 %s/new" % tmp_path) == ["-disk.qcow2"]
+    assert complete(FakeCore(), "snapshot_blkdev virtio0 %s/new" % tmp_path) == ["%s/new-disk.qcow2" % tmp_path]
+    assert complete(FakeCore(), "snapshot_blkdev virtio0 %s/o" % tmp_path) == ["%s/other/" % tmp_path]
+    assert path_candidates("/nonexistent-dir-xyz/a") == []
 
 
 def lex(text):
-    lexer = make_lexer(FakeCore(), VIEW)()
+    lexer = make_lexer(FakeCore())()
     return [(token, word) for _, token, word in lexer.get_tokens_unprocessed(text) if word.strip()]
 
 
@@ -170,7 +152,7 @@ def run_repl(core, keys, history=None):
         pipe.send_text(keys)
         repl = Repl(core, make_interpreter=FakeInterpreter, history=history or InMemoryHistory(),
                     input=pipe, output=DummyOutput(), colour=False, sleep=lambda s: None,
-                    wait_stream=None, view=VIEW)
+                    wait_stream=None)
         repl.run()
         return repl
 
@@ -207,7 +189,7 @@ def test_repl_tab_completes_the_command_and_device():
     core = FakeCore()
     with create_pipe_input() as pipe:
         repl = Repl(core, make_interpreter=FakeInterpreter, history=InMemoryHistory(), input=pipe,
-                    output=DummyOutput(), colour=False, wait_stream=None, view=VIEW)
+                    output=DummyOutput(), colour=False, wait_stream=None)
         buffer = repl._session.default_buffer
 
         failures = []
