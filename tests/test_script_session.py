@@ -159,3 +159,23 @@ def test_real_bad_command_line_fails_and_changes_nothing(demo_dir):
     assert result.returncode == 1
     assert "(qemu) bogus\nunknown command: 'bogus'\n" in result.stdout
     assert open(d, "rb").read() == before
+
+
+def test_the_real_interpreter_calls_the_console_handlers():
+    from monitor.script import default_interpreter
+    core = FakeCore()
+    core.start_job("virtio0", 100)
+    core.on_wait = lambda job_id: core.jobs and core.finish("virtio0")
+    slept = []
+    out, err = io.StringIO(), io.StringIO()
+    script = ScriptSession(core, out, err, make_interpreter=default_interpreter, sleep=slept.append)
+    status = script.run(["info block-jobs", "block_job_wait virtio0", "sleep 1.5", "info block-jobs",
+                         "frobnicate"])
+    lines = out.getvalue().splitlines()
+    assert lines[0:2] == ["(qemu) info block-jobs",
+                          "Streaming device virtio0: Completed 0 of 100 bytes, speed limit 0 bytes/s"]
+    assert lines[2] == "(qemu) block_job_wait virtio0"
+    assert json.loads(lines[3])["event"] == "BLOCK_JOB_COMPLETED"
+    assert lines[4:] == ["(qemu) sleep 1.5", "(qemu) info block-jobs", "No active jobs",
+                         "(qemu) frobnicate", "unknown command: 'frobnicate'"]
+    assert slept == [1.5] and status == 1
