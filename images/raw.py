@@ -9,6 +9,7 @@ import ctypes
 import ctypes.util
 import errno
 import os
+import stat
 from typing import List, Optional
 
 from images.driver import DATA, ZERO, BlockImage, Run
@@ -46,7 +47,7 @@ class RawImage(BlockImage):
     def __init__(self, path: str, fd: int, read_only: bool):
         super().__init__(path, read_only)
         self._fd = fd
-        self.virtual_size = os.fstat(fd).st_size
+        self.virtual_size = os.lseek(fd, 0, os.SEEK_END)   # st_size is 0 for block devices
 
     @classmethod
     def open(cls, path: str, read_only: bool = False) -> "RawImage":
@@ -54,6 +55,9 @@ class RawImage(BlockImage):
             fd = os.open(path, os.O_RDONLY if read_only else os.O_RDWR)
         except OSError as err:
             raise _open_error(path, err) from err
+        if stat.S_ISDIR(os.fstat(fd).st_mode):      # O_RDONLY opens a directory without complaint
+            os.close(fd)
+            raise _open_error(path, IsADirectoryError(errno.EISDIR, "Is a directory"))
         return cls(path, fd, read_only)
 
     # -- helpers -----------------------------------------------------------

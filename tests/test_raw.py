@@ -52,6 +52,12 @@ def test_open_missing_file_names_it(tmp_path):
     assert caught.value.desc == "Could not open '%s': No such file or directory" % path
 
 
+def test_open_directory_is_refused(tmp_path):
+    with pytest.raises(ImageError) as caught:
+        RawImage.open(str(tmp_path), read_only=True)
+    assert caught.value.desc == "Could not open '%s': Is a directory" % tmp_path
+
+
 def test_write_then_read_back_unaligned(image):
     image.write(MIB - 3, b"hello world")
     assert image.read(MIB - 5, 15) == b"\0\0hello world\0\0"
@@ -124,18 +130,24 @@ def test_set_read_only_round_trip(image):
     assert image.read(0, 1) == b"x"
 
 
-def test_set_read_only_false_on_unwritable_file_changes_nothing(raw_path):
-    os.chmod(raw_path, 0o444)
+def test_set_read_only_false_on_unwritable_file_changes_nothing(raw_path, monkeypatch):
     image = RawImage.open(raw_path, read_only=True)
+    real_open = os.open
+
+    def refuse_writers(path, flags, *args):      # what a 0444 file does to a non-root user
+        if flags & os.O_RDWR:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), path)
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(os, "open", refuse_writers)
     try:
-        if os.access(raw_path, os.W_OK):
-            pytest.skip("running as root: the file stays writable")
         with pytest.raises(ImageError) as caught:
             image.set_read_only(False)
         assert caught.value.desc == "Could not reopen '%s' read-write: Permission denied" % raw_path
         assert image.read_only
         assert image.read(0, 4) == bytes(4)
     finally:
+        monkeypatch.undo()
         image.close()
 
 

@@ -1,0 +1,1 @@
+"""Benchmarks: blockmon against QEMU and qemu-img on the shared benchmark chain."""

@@ -1,0 +1,152 @@
+"""The QMP-shaped command core: every operation implemented once.
+
+``BlockCore.execute(name, arguments)`` validates the arguments against the command
+table's QMP schema, runs the handler and returns the JSON-able ``return`` value,
+or raises ``CommandError`` / ``images.errors.BlockError`` (mapped to QMP classes by
+``commands.errors.qmp_error``).  The console's HMP adapters, the QMP server and
+``human-monitor-command`` all come through here.
+"""
+import threading
+
+from images.events import EventBus
+from images.jobs import JobRegistry
+
+from . import block_info
+from .block_stream import start_stream
+from .devices import DeviceTable
+from .errors import CommandError
+from .snapshot import snapshot_sync
+
+VERSION = (7, 2, 0)
+PACKAGE = "blockmon 0.1.0"
+
+
+class BlockCore:
+    def __init__(self, events=None):
+        self.events = events or EventBus()
+        self.devices = DeviceTable()
+        self.jobs_registry = JobRegistry()
+        self.quit_requested = threading.Event()
+        self._handlers = {
+            "qmp_capabilities": lambda args: {},
+            "query-version": self._query_version,
+            "query-commands": self._query_commands,
+            "query-block": self._query_block,
+            "query-block-jobs": self._query_block_jobs,
+            "block-stream": lambda args: start_stream(self, args),
+            "block-job-set-speed": lambda a: self._job(a["device"]).set_speed(a["speed"]),
+            "block-job-cancel": lambda a: self._job(a["device"]).cancel(a.get("force", False)),
+            "block-job-pause": lambda a: self._job(a["device"]).pause(),
+            "block-job-resume": lambda a: self._job(a["device"]).resume(),
+            "block-job-complete": lambda a: self._job(a["device"]).complete(),
+            "block-job-finalize": lambda a: self._job(a["id"]).finalize(),
+            "block-job-dismiss": lambda a: self._job(a["id"]).dismiss(),
+            "blockdev-snapshot-sync": lambda args: snapshot_sync(self, args),
+            "human-monitor-command": self._human_monitor_command,
+            "x-blockmon-qemu-io": self._qemu_io,
+            "x-blockmon-block-map": self._block_map,
+            "quit": self._quit,
+        }
+
+    # -- the entry point --------------------------------------------------------
+    def execute(self, name, arguments=None):
+        from .qmp_args import validate_arguments
+        arguments = dict(arguments or {})
+        validate_arguments(name, arguments)
+        handler = self._handlers.get(name)
+        if handler is None:
+            raise CommandError("The command %s has not been found" % name, "CommandNotFound")
+        result = handler(arguments)
+        return {} if result is None else result
+
+    def command_names(self):
+        return sorted(self._handlers)
+
+    # -- devices ----------------------------------------------------------------
+    def add_drive(self, device, path, format=None, node_name=None, read_only=False):
+        return self.devices.add_drive(device, path, format=format, node_name=node_name,
+                                      read_only=read_only)
+
+    def device_names(self):
+        return [dev.name for dev in self.devices.devices()]
+
+    def node_names(self):
+        return self.devices.node_names()
+
+    def active_image(self, name):
+        return self.devices.lookup(name, name)
+
+    # -- jobs -------------------------------------------------------------------
+    def jobs(self):
+        return self.jobs_registry.jobs()
+
+    def job_ids(self):
+        return [job.id for job in self.jobs()]
+
+    def _job(self, job_id):
+        return self.jobs_registry.find(job_id)
+
+    def stream_finished(self, job, held_images):
+        """Called from the job's clean-up: release the blockers, forget dropped images."""
+        self.devices.unblock(held_images)
+        if job.top.backing is job.base and job.status != "aborting":
+            live = {id(img) for img in self.devices.all_images()}
+            for image in held_images[1:]:
+                if id(image) not in live:
+                    image.close()
+            self.devices.forget_unused_nodes()
+
+    def wait_jobs(self, job_id=None, timeout=None):
+        jobs = [self._job(job_id)] if job_id is not None else self.jobs()
+        return all(job.wait(timeout) for job in jobs)
+
+    def shutdown(self):
+        """Cancel running jobs (images stay valid, backing references unchanged), then close all."""
+        cancelled = []
+        for job in self.jobs():
+            if job.status not in ("concluded", "null"):
+                try:
+                    job.cancel(force=True)
+                    cancelled.append(job.id)
+                except Exception:  # a job finishing right now refuses the verb; it ends anyway
+                    pass
+        for job in self.jobs():
+            job.wait(timeout=30)
+        for image in self.devices.all_images():
+            if not image.read_only:
+                image.flush()
+        self.devices.close_all()
+        return cancelled
+
+    # -- queries ----------------------------------------------------------------
+    def _query_version(self, args):
+        major, minor, micro = VERSION
+        return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": PACKAGE}
+
+    def _query_commands(self, args):
+        return [{"name": name} for name in self.command_names()]
+
+    def _query_block(self, args):
+        return [block_info.device_info(dev) for dev in self.devices.devices()]
+
+    def _query_block_jobs(self, args):
+        return [job.info() for job in self.jobs()]
+
+    def _block_map(self, args):
+        return block_info.block_map(self.active_image(args["device"]))
+
+    # -- guest and human paths ----------------------------------------------------
+    def _human_monitor_command(self, args):
+        from .hmp import HmpInterpreter
+        result = HmpInterpreter(self).run_line(args["command-line"])
+        return result.output.replace("\r\n", "\n").replace("\n", "\r\n")
+
+    def _qemu_io(self, args):
+        from .qemu_io import run_qemu_io
+        image = self.active_image(args["device"])
+        output, _ok = run_qemu_io(image, args["command"])
+        return output
+
+    def _quit(self, args):
+        self.quit_requested.set()
+        return {}

@@ -1,0 +1,103 @@
+"""``blockdev-snapshot-sync``: put a new overlay on top of a live device.
+
+Every check runs before anything is created, so a refused snapshot changes
+nothing.  The switch happens under the old top's lock: a guest write either
+finished in the old top before the switch or goes to the new overlay after it.
+If opening the overlay we just created fails, the file is removed again.
+"""
+import os
+
+from images.chain import chain_of
+from images.qcow2 import Qcow2Image, create_qcow2
+
+from .errors import CommandError
+
+KNOWN_FORMATS = ("qcow2", "raw")
+
+
+def _check_format(fmt):
+    if fmt not in KNOWN_FORMATS:
+        raise CommandError("Unknown file format '%s'" % fmt)
+    if fmt == "raw":
+        raise CommandError("Backing file not supported for file format 'raw'")
+
+
+def _check_not_live(table, top, path):
+    """Never truncate an image that any device is using."""
+    real = os.path.realpath(path)
+    if os.path.realpath(top.path) == real:
+        # QEMU's own text, "Error: " included (HMP then prints it twice, as QEMU does)
+        raise CommandError("Error: Trying to create an image with the same filename as the backing file")
+    for image in table.all_images():
+        if os.path.realpath(image.path) == real:
+            raise CommandError("Could not create '%s': it is image '%s' of a device's backing chain"
+                               % (path, image.node_name))
+
+
+def _check_existing_free(table, path):
+    real = os.path.realpath(path)
+    if any(os.path.realpath(image.path) == real for image in table.all_images()):
+        raise CommandError("The overlay is already in use")
+
+
+def _create_overlay(path, top):
+    directory = os.path.dirname(os.path.abspath(path)) or "."
+    if not os.path.isdir(directory):
+        raise CommandError("Could not create '%s': No such file or directory" % path)
+    if not os.access(directory, os.W_OK):
+        raise CommandError("Could not create '%s': Permission denied" % path)
+    try:
+        create_qcow2(path, top.virtual_size, backing_name=top.path, backing_format=top.format_name)
+    except OSError as err:
+        raise CommandError("Could not create '%s': %s" % (path, err.strerror)) from err
+
+
+def _open_existing(path):
+    try:
+        return Qcow2Image.open(path)
+    except FileNotFoundError as err:
+        raise CommandError("Could not open '%s': No such file or directory" % path) from err
+    except OSError as err:
+        raise CommandError("Could not open '%s': %s" % (path, err.strerror)) from err
+
+
+def snapshot_sync(core, args):
+    table = core.devices
+    device, node_name = args.get("device"), args.get("node-name")
+    path = args["snapshot-file"]
+    new_node = args.get("snapshot-node-name")
+    fmt = args.get("format", "qcow2")
+    mode = args.get("mode", "absolute-paths")
+    top = table.lookup(device, node_name)
+    table.check_not_busy(top)
+    if node_name is not None and new_node is None:
+        raise CommandError("New overlay node-name missing")
+    if new_node is not None and (table.node(new_node) is not None or table.device(new_node) is not None):
+        raise CommandError("New overlay node-name already in use")
+    owner = table.device_of(top)
+    if owner is None:
+        raise CommandError("Cannot snapshot node '%s': it is not the active image of a device" % top.node_name)
+    if fmt not in KNOWN_FORMATS:
+        raise CommandError("Unknown file format '%s'" % fmt)
+    with top.lock:
+        if mode == "existing":
+            _check_existing_free(table, path)
+            if fmt == "raw":
+                raise CommandError("The overlay does not support backing images")
+            overlay = _open_existing(path)
+        else:
+            _check_format(fmt)
+            _check_not_live(table, top, path)
+            _create_overlay(path, top)
+            try:
+                overlay = Qcow2Image.open(path)
+            except Exception:
+                os.unlink(path)
+                raise
+        if not top.read_only:
+            top.flush()
+        overlay.backing = top
+        table.switch_top(owner, overlay)
+        table.name_chain(overlay, new_node)
+        top.set_read_only(True)
+    return {}

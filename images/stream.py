@@ -1,0 +1,122 @@
+"""The stream block job: copy a backing chain's data into the image above it.
+
+QEMU's block/stream.c, done with our own block layer.  For every chunk of the top
+image that the top does not allocate, the ranges that some layer between the top
+and ``base`` (exclusive) allocates are copied into the top: data as data, zero
+ranges as zero clusters.  The check and the copy happen under the top's lock, so
+a guest write that lands first is never overwritten, and a guest read always
+sees the current content (both the chain and the copy read the same bytes).
+
+On success the top is flushed *before* its header stops naming the old backing
+file (the data must be durable first), then the backing reference is rewritten to
+``base`` (or dropped) and flushed again.  On cancel or error nothing but the copied
+clusters changes; they equal what the chain returned, so the image stays right.
+"""
+import os
+
+from .chain import block_status_above, chain_of
+from .driver import DATA, UNALLOCATED, ZERO
+from .errors import ImageIOError
+from .jobs import Job
+
+STREAM_CHUNK = 512 * 1024
+
+
+def backing_reference_for(top, base, explicit=None):
+    """The string to store as the top's new backing name.
+
+    ``explicit`` (QMP ``backing-file``) wins.  Otherwise keep the style the chain
+    used: if the top named its backing file relatively, name the base relatively
+    to the top's directory (QEMU writes an absolute path here; users dislike it).
+    """
+    if explicit is not None:
+        return explicit
+    if base is None:
+        return None
+    old = top.backing_name or ""
+    if old and not os.path.isabs(old):
+        return os.path.relpath(base.path, os.path.dirname(top.path))
+    return base.path
+
+
+class StreamJob(Job):
+    job_type = "stream"
+
+    def __init__(self, job_id, events, top, base, *, backing_file=None,
+                 on_finished=None, chunk_size=STREAM_CHUNK, **job_options):
+        super().__init__(job_id, events, **job_options)
+        self.top = top
+        self.base = base
+        self.chunk_size = chunk_size
+        self.new_backing_name = backing_reference_for(top, base, backing_file)
+        self.new_backing_format = base.format_name if base is not None else None
+        self._on_finished = on_finished
+        self._was_read_only = top.read_only
+
+    # -- the body ------------------------------------------------------------
+    def run(self):
+        top = self.top
+        if top.backing is self.base:
+            return  # nothing to stream: len and offset stay 0, as in QEMU
+        if self._was_read_only:
+            top.set_read_only(False)
+        length = top.virtual_size
+        self.set_len(length)
+        offset = 0
+        while offset < length:
+            if not self.checkpoint():
+                return
+            step = min(self.chunk_size, length - offset)
+            try:
+                copied = self._stream_chunk(offset, step)
+            except ImageIOError as err:
+                action = self.error_action(err)
+                if action == "retry":
+                    continue
+                if action != "ignore":
+                    raise
+                copied = 0
+            self.account_copied(copied)
+            self.progress(step)
+            offset += step
+
+    def _stream_chunk(self, offset, length):
+        """Copy what [offset, offset+length) needs; returns the bytes copied."""
+        top = self.top
+        copied = 0
+        with top.lock:
+            layers = chain_of(top)
+            for run in top.block_status(offset, length):
+                if run.kind != UNALLOCATED:
+                    continue
+                for below in block_status_above(top.backing, self.base, run.offset, run.length):
+                    copied += self._copy_run(layers, below)
+        return copied
+
+    def _copy_run(self, layers, run):
+        if run.kind == UNALLOCATED:
+            return 0
+        if run.kind == ZERO:
+            self.top.write_zeroes(run.offset, run.length)
+            return run.length
+        # DATA: read it from the layer that holds it (depth counts from top.backing)
+        source = layers[1 + run.depth]
+        self.top.write(run.offset, source.read(run.offset, run.length))
+        return run.length
+
+    # -- completion ----------------------------------------------------------
+    def prepare(self):
+        if self.top.backing is self.base:
+            return
+        top = self.top
+        with top.lock:
+            top.flush()  # the copied data must be durable before the backing file goes
+            top.set_backing_reference(self.new_backing_name, self.new_backing_format)
+            top.flush()
+            top.backing = self.base
+
+    def clean(self):
+        if self._was_read_only and not self.top.read_only:
+            self.top.set_read_only(True)
+        if self._on_finished is not None:
+            self._on_finished(self)
