@@ -118,9 +118,10 @@ def walkthrough_steps(demo: Demo) -> List[Tuple[str, str]]:
         ("Live merge. virtio0 runs on the chain [A] <- [B] <- [C] <- [D]:", "info block virtio0"),
         ("Each layer holds stripes of its own byte; this is what a stream will copy:",
          "info blockmap virtio0"),
-        ("Stream B and C into D, keeping A as the base, at %sB/s so it can be watched:" % STREAM_SPEED,
-         "block_stream virtio0 %s A" % STREAM_SPEED),
-        ("The job runs in the background; the monitor stays usable:", "info block-jobs"),
+        ("Stream B and C into D, keeping A as the base, at %s bytes/s so it can be watched:"
+         % STREAM_SPEED, "block_stream virtio0 %s A" % STREAM_SPEED),
+        ("The job runs in the background; give it a second:", "sleep 1"),
+        ("The monitor stays usable while it runs:", "info block-jobs"),
         ("Wait for the job (the completion event follows):", "block_job_wait virtio0"),
         ("Now the chain is [A] <- [D]:", "info block virtio0"),
         ("Live copy. Put a new overlay for ide0-hd0 in another directory:",
