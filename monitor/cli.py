@@ -53,7 +53,7 @@ def start_servers(core, options, on_quit):
 
 def run_session(core, options, demo, quit_signal: "QuitSignal", serving: bool) -> int:
     """The console, the script, the ``-c`` commands or the walkthrough; the exit status."""
-    from monitor.script import ScriptSession, say_cancelled
+    from monitor.script import ScriptSession
     if options.walkthrough:
         from monitor.demo import play_walkthrough
         from monitor.events_view import event_line
@@ -78,7 +78,6 @@ def run_session(core, options, demo, quit_signal: "QuitSignal", serving: bool) -
     repl = Repl(core)
     quit_signal.hooks.append(repl.request_exit)
     repl.run()
-    say_cancelled(core.shutdown(), sys.stdout.write)
     return 0
 
 

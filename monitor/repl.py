@@ -20,7 +20,7 @@ from monitor.completer import HmpCompleter
 from monitor.events_view import EventsView, event_line
 from monitor.history import history_path, open_history
 from monitor.lexer import make_lexer
-from monitor.script import PROMPT, console_text, default_interpreter
+from monitor.script import PROMPT, console_text, default_interpreter, say_cancelled
 from monitor.toolbar import REFRESH_INTERVAL, JobsToolbar
 from monitor.waiting import JobWaiter, sleep_handler
 
@@ -84,6 +84,7 @@ class Repl:
             return None
 
     def run(self) -> None:
+        """The loop; on leaving, running jobs are cancelled cleanly and named."""
         try:
             while not self._exit_requested.is_set():
                 line = self.read_line()
@@ -92,6 +93,8 @@ class Repl:
                 if self.run_line(line):
                     break
         finally:
+            # Shut down while still subscribed, so the BLOCK_JOB_CANCELLED lines show.
+            say_cancelled(self._core.shutdown(), lambda text: print(text, end="", flush=True))
             self._events.close()
 
     def request_exit(self) -> None:

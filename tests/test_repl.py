@@ -225,3 +225,14 @@ def test_repl_prints_events_above_the_prompt(capsys):
     run_repl(core, "stream virtio0 100\rblock_job_wait virtio0\r\x04")
     out = capsys.readouterr().out
     assert 'BLOCK_JOB_COMPLETED {"type": "stream", "device": "virtio0"' in out
+
+
+def test_leaving_with_running_jobs_cancels_them_and_says_which(capsys):
+    core = FakeCore()
+    core.start_job("virtio0", 1000)
+    run_repl(core, "\x04")
+    out = capsys.readouterr().out
+    assert core.jobs == {} and core.shutdown_calls == 1
+    assert out.splitlines() == [
+        'BLOCK_JOB_CANCELLED {"type": "stream", "device": "virtio0", "len": 1000, "offset": 0, "speed": 0}',
+        "cancelled running job virtio0; images are valid and their backing files unchanged"]

@@ -179,3 +179,36 @@ def test_the_real_interpreter_calls_the_console_handlers():
     assert lines[4:] == ["(qemu) sleep 1.5", "(qemu) info block-jobs", "No active jobs",
                          "(qemu) frobnicate", "unknown command: 'frobnicate'"]
     assert slept == [1.5] and status == 1
+
+
+@needs_core
+def test_with_a_qmp_server_the_session_keeps_serving_until_quit(demo_dir, tmp_path):
+    import socket
+    import time
+    sock_path = str(tmp_path / "qmp.sock")
+    proc = subprocess.Popen([sys.executable, "-m", "monitor", "-qmp", "unix:%s,server=on,wait=off" % sock_path,
+                             os.path.join(demo_dir, "D.qcow2")], cwd=ROOT, stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        proc.stdin.write("info block-jobs\n")
+        proc.stdin.close()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(sock_path):
+            assert time.monotonic() < deadline, "the QMP socket never appeared"
+            time.sleep(0.05)
+        client = socket.socket(socket.AF_UNIX)
+        client.settimeout(30)
+        client.connect(sock_path)
+        reader = client.makefile("r")
+        assert "QMP" in json.loads(reader.readline())
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.5)          # input has ended, but it is still serving
+        for command in ("qmp_capabilities", "quit"):
+            client.sendall(json.dumps({"execute": command}).encode() + b"\n")
+            assert json.loads(reader.readline()) == {"return": {}}
+        assert proc.wait(timeout=30) == 0
+        assert proc.stdout.read() == "(qemu) info block-jobs\nNo active jobs\n"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
