@@ -1,0 +1,139 @@
+"""The ``blockmon`` entry point: options, drives, servers, then a console, script or demo.
+
+``main(argv) -> exit status``.  A bad option prints one line naming it (status
+2); a drive that cannot be opened prints its error (status 1).  With ``-qmp`` or
+``-monitor`` servers and standard input not a terminal, blockmon keeps serving
+after its input ends until a ``quit`` arrives from any monitor.
+"""
+import sys
+import threading
+from typing import List, Optional
+
+from monitor.drive_options import USAGE, UsageError, parse_command_line
+
+PROGRAM = "blockmon"
+
+
+def version() -> str:
+    try:
+        from importlib.metadata import version as dist_version
+        return dist_version(PROGRAM)
+    except Exception:  # not installed: running from a checkout
+        return "0.1.0"
+
+
+def _fail(message: str, status: int) -> int:
+    sys.stderr.write("%s: %s\n" % (PROGRAM, message))
+    return status
+
+
+def open_drives(core, drives) -> Optional[str]:
+    """Add every drive to the core; the error text of the first that fails, else None."""
+    from commands.errors import CommandError
+    from images.errors import BlockError
+    for drive in drives:
+        try:
+            core.add_drive(drive.device, drive.path, format=drive.format,
+                           node_name=drive.node_name, read_only=drive.read_only)
+        except (CommandError, BlockError) as err:
+            return "-drive file=%s: %s" % (drive.path, err.desc)
+        except OSError as err:
+            return "-drive file=%s: %s" % (drive.path, err.strerror or err)
+    return None
+
+
+def start_servers(core, options, on_quit):
+    if not (options.qmp_specs or options.monitor_specs):
+        return None
+    from monitor.servers import MonitorServers
+    servers = MonitorServers(core, options.qmp_specs, options.monitor_specs, on_quit)
+    servers.start()       # MonitorStartError: one line naming the listener
+    return servers
+
+
+def run_session(core, options, demo, quit_signal: "QuitSignal", serving: bool) -> int:
+    """The console, the script, the ``-c`` commands or the walkthrough; the exit status."""
+    from monitor.script import ScriptSession
+    if options.walkthrough:
+        from monitor.demo import play_walkthrough
+        from monitor.events_view import event_line
+        session = ScriptSession(core, sys.stdout, sys.stderr, echo=True,
+                                err_is_tty=sys.stdout.isatty(),
+                                event_format=lambda e: event_line(e, sys.stdout.isatty()))
+        return play_walkthrough(core, demo, session, sys.stdout.write)
+    if options.commands or not sys.stdin.isatty():
+        session = ScriptSession(core, sys.stdout, sys.stderr, echo=not options.quiet and not options.commands,
+                                err_is_tty=sys.stderr.isatty())
+        lines = options.commands if options.commands else sys.stdin
+        ok = session.run_commands(lines, stop=quit_signal.event)
+        if serving and not session.quit_requested and not options.commands:
+            quit_signal.event.wait()
+        elif not session.quit_requested:
+            ok = session.finish_jobs() and ok
+        return session.close(ok)
+    from monitor.repl import Repl, banner
+    print(banner(version()))
+    if demo is not None:
+        print("\n".join(demo.summary()))
+    repl = Repl(core)
+    quit_signal.hooks.append(repl.request_exit)
+    repl.run()
+    return 0
+
+
+class QuitSignal:
+    """A ``quit`` from any monitor server: sets ``event`` and calls the hooks (the REPL's exit)."""
+
+    def __init__(self):
+        self.event = threading.Event()
+        self.hooks = []
+
+    def __call__(self):
+        self.event.set()
+        for hook in list(self.hooks):
+            hook()
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        options = parse_command_line(argv)
+    except UsageError as err:
+        return _fail(str(err), 2)
+    if options.show_help:
+        sys.stdout.write(USAGE)
+        return 0
+    if options.show_version:
+        print("%s %s" % (PROGRAM, version()))
+        return 0
+    demo = None
+    if options.demo:
+        from monitor.demo import DemoError, build_demo
+        try:
+            demo = build_demo(options.demo_dir)
+        except DemoError as err:
+            return _fail(str(err), 1)
+        options.drives = demo.drives
+        if options.walkthrough or not sys.stdin.isatty():
+            print("\n".join(demo.summary()))
+    from commands.core import BlockCore
+    core = BlockCore()
+    error = open_drives(core, options.drives)
+    if error:
+        core.shutdown()
+        return _fail(error, 1)
+    quit_signal = QuitSignal()
+    from monitor.servers import MonitorStartError
+    try:
+        servers = start_servers(core, options, quit_signal)
+    except MonitorStartError as err:
+        core.shutdown()
+        return _fail(str(err), 1)
+    try:
+        return run_session(core, options, demo, quit_signal, serving=servers is not None)
+    except KeyboardInterrupt:
+        return _fail("interrupted", 130)
+    finally:
+        if servers is not None:
+            servers.stop()
+        core.shutdown()

@@ -1,0 +1,150 @@
+"""Splitting a QMP byte stream into JSON texts, as QEMU's json-streamer does.
+
+QMP is not line-framed: qemu.qmp sends objects with no newline, socat users
+send one object over several lines.  Like QEMU (qobject/json-streamer.c), a
+message ends when its braces and brackets balance; a top-level scalar ends at
+whitespace.  Unlike QEMU, a message is capped at ``limit`` bytes (QEMU: 64 MiB):
+past it the splitter reports ``JSON token size limit exceeded`` and skips to the
+next newline, so one client can never make the server hold more than ``limit``.
+"""
+import json
+import re
+
+MAX_NESTING = 1024          # QEMU's MAX_NESTING in json-streamer.c
+
+_STRUCTURAL = re.compile(rb'[{}\[\]"]')
+_IN_STRING = re.compile(rb'["\\]')
+_SCALAR_END = re.compile(rb'[\s{}\[\]"]')
+
+
+class JsonParseError:
+    """A stream position that is not valid JSON; ``desc`` is QEMU's error text."""
+
+    def __init__(self, desc: str):
+        self.desc = desc
+
+    def __repr__(self):
+        return "JsonParseError(%r)" % self.desc
+
+    def __eq__(self, other):
+        return isinstance(other, JsonParseError) and other.desc == self.desc
+
+
+def parse_message(raw: bytes):
+    """The JSON value of one complete message, or a JsonParseError."""
+    try:
+        return json.loads(raw, parse_constant=_reject_constant)
+    except RecursionError:
+        return JsonParseError("JSON nesting depth limit exceeded")
+    except json.JSONDecodeError as err:
+        return JsonParseError("JSON parse error, " + err.msg[:1].lower() + err.msg[1:])
+    except (ValueError, UnicodeDecodeError) as err:
+        return JsonParseError("JSON parse error, %s" % err)
+
+
+def _reject_constant(name):
+    # Python accepts NaN and Infinity; JSON (and QEMU) do not.
+    raise ValueError("invalid keyword '%s'" % name)
+
+
+class JsonSplitter:
+    """Incremental splitter: ``feed(bytes)`` returns complete messages (bytes) and JsonParseErrors."""
+
+    def __init__(self, limit: int = 1 << 20):
+        self.limit = limit
+        self._reset()
+        self._discarding = False
+
+    def _reset(self):
+        self._buf = bytearray()
+        self._depth = 0
+        self._in_string = False
+        self._escape = False
+        self._scalar = False
+
+    def feed(self, data: bytes) -> list:
+        out = []
+        pos = 0
+        while pos < len(data):
+            if self._discarding:
+                newline = data.find(b"\n", pos)
+                if newline < 0:
+                    return out
+                pos = newline + 1
+                self._discarding = False
+                continue
+            # Never consume past limit+1 buffered bytes, so that an oversized
+            # message is noticed before the newline that ends it is swallowed.
+            end = min(len(data), pos + self.limit + 1 - len(self._buf))
+            pos = self._advance(data, pos, end, out)
+            if len(self._buf) > self.limit or self._depth > MAX_NESTING:
+                too_deep = self._depth > MAX_NESTING
+                self._reset()
+                out.append(JsonParseError("JSON nesting depth limit exceeded" if too_deep
+                                          else "JSON token size limit exceeded"))
+                self._discarding = True
+        return out
+
+    def _advance(self, data: bytes, pos: int, end: int, out: list) -> int:
+        """Consume data[pos:end] up to one state change; return the new position."""
+        if self._escape:
+            self._buf += data[pos:pos + 1]
+            self._escape = False
+            return pos + 1
+        if self._in_string:
+            match = _IN_STRING.search(data, pos, end)
+            if match is None:
+                self._buf += data[pos:end]
+                return end
+            self._buf += data[pos:match.end()]
+            if match.group() == b"\\":
+                self._escape = True
+            else:
+                self._in_string = False
+                if self._depth == 0:
+                    self._emit(out)
+            return match.end()
+        if self._scalar:
+            match = _SCALAR_END.search(data, pos, end)
+            if match is None:
+                self._buf += data[pos:end]
+                return end
+            self._buf += data[pos:match.start()]
+            self._emit(out)
+            return match.start()
+        if self._depth == 0:
+            return self._start_message(data, pos, out)
+        match = _STRUCTURAL.search(data, pos, end)
+        if match is None:
+            self._buf += data[pos:end]
+            return end
+        self._buf += data[pos:match.end()]
+        char = match.group()
+        if char == b'"':
+            self._in_string = True
+        elif char in (b"{", b"["):
+            self._depth += 1
+        else:
+            self._depth -= 1
+            if self._depth == 0:
+                self._emit(out)
+        return match.end()
+
+    def _start_message(self, data: bytes, pos: int, out: list) -> int:
+        char = data[pos:pos + 1]
+        if char in (b" ", b"\t", b"\r", b"\n"):
+            return pos + 1
+        self._buf += char
+        if char in (b"{", b"["):
+            self._depth = 1
+        elif char == b'"':
+            self._in_string = True
+        elif char in (b"}", b"]"):
+            self._emit(out)         # a stray closer: the parser reports it
+        else:
+            self._scalar = True
+        return pos + 1
+
+    def _emit(self, out: list):
+        out.append(bytes(self._buf))
+        self._reset()

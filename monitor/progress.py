@@ -1,0 +1,118 @@
+"""One progress line per block job, rendered with rich; shared by the toolbar and ``block_job_wait``.
+
+Jobs are read as QMP ``query-block-jobs`` dicts (the core's public shape).  A
+``ThroughputMeter`` turns successive offsets into bytes/s and an ETA; it takes a
+clock so tests drive it without sleeping.
+"""
+import io
+import time
+from collections import deque
+from typing import Dict, List, Optional
+
+from rich.console import Console, Group
+from rich.progress_bar import ProgressBar
+from rich.table import Table
+from rich.text import Text
+
+RATE_WINDOW = 3.0   # seconds of samples behind the throughput figure
+
+
+def format_bytes(count: float) -> str:
+    """Binary units as QEMU and qemu-img print them: 512 B, 64 KiB, 1.5 GiB."""
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(count) < 1024 or unit == "TiB":
+            return ("%d %s" % (count, unit)) if unit == "B" else ("%.1f %s" % (count, unit))
+        count /= 1024.0
+    raise AssertionError("unreachable")
+
+
+def format_duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    return "%d:%02d:%02d" % (hours, rest // 60, rest % 60)
+
+
+class ThroughputMeter:
+    """Bytes per second of each job over the last RATE_WINDOW seconds."""
+
+    def __init__(self, clock=time.monotonic, window: float = RATE_WINDOW):
+        self._clock = clock
+        self._window = window
+        self._samples: Dict[str, deque] = {}
+
+    def observe(self, job_id: str, offset: int) -> Optional[float]:
+        """Record ``offset`` now; return the rate, or None until two samples span some time."""
+        now = self._clock()
+        samples = self._samples.setdefault(job_id, deque())
+        if samples and offset < samples[-1][1]:
+            samples.clear()        # a new job reused the id
+        samples.append((now, offset))
+        while len(samples) > 2 and now - samples[1][0] >= self._window:
+            samples.popleft()
+        first_time, first_offset = samples[0]
+        if now - first_time <= 0:
+            return None
+        return (offset - first_offset) / (now - first_time)
+
+    def forget_except(self, job_ids) -> None:
+        for job_id in list(self._samples):
+            if job_id not in job_ids:
+                del self._samples[job_id]
+
+
+def job_state(info: dict) -> str:
+    """The word shown after the bar: error, paused, ready, or the QEMU status."""
+    if info.get("error") or info.get("io-status", "ok") != "ok":
+        return "error: %s" % info.get("error", info.get("io-status"))
+    if info.get("paused") or info.get("status") == "paused":
+        return "paused"
+    return info.get("status", "running")
+
+
+def job_row(info: dict, rate: Optional[float]) -> List:
+    """The cells of one job's line: device, bar, percent, bytes, rate, ETA, limit, state."""
+    total, done = info.get("len", 0), info.get("offset", 0)
+    fraction = done / total if total else 0.0
+    state = job_state(info)
+    if rate and rate > 0 and total > done and state == "running":
+        eta = "ETA " + format_duration((total - done) / rate)
+    else:
+        eta = "ETA -:--:--"
+    speed = info.get("speed", 0)
+    style = "red" if state.startswith("error") else ("yellow" if state == "paused" else "green")
+    return [
+        Text(info.get("device", "?"), style="bold cyan"),
+        ProgressBar(total=max(total, 1), completed=done if total else 0, width=24,
+                    complete_style=style, finished_style=style),
+        Text("%3d%%" % int(fraction * 100)),
+        Text("%s/%s" % (format_bytes(done), format_bytes(total))),
+        Text((format_bytes(rate) + "/s") if rate is not None else "-- B/s"),
+        Text(eta),
+        Text("limit " + (format_bytes(speed) + "/s" if speed else "none"), style="dim"),
+        Text(state, style=style),
+    ]
+
+
+def jobs_table(infos: List[dict], meter: ThroughputMeter) -> Table:
+    """A grid with one row per job, columns aligned across jobs."""
+    grid = Table.grid(padding=(0, 1))
+    for info in infos:
+        grid.add_row(*job_row(info, meter.observe(info.get("device", "?"), info.get("offset", 0))))
+    meter.forget_except({info.get("device") for info in infos})
+    return grid
+
+
+def render_ansi(renderable, width: int) -> str:
+    """Render to a string with ANSI colour codes, without a trailing newline."""
+    buffer = io.StringIO()
+    console = Console(file=buffer, force_terminal=True, color_system="256", width=max(width, 20),
+                      legacy_windows=False, soft_wrap=False)
+    console.print(renderable, end="")
+    return buffer.getvalue().rstrip("\n")
+
+
+def waiting_view(infos: List[dict], meter: ThroughputMeter, job_id: Optional[str]):
+    """What ``block_job_wait`` draws: a title and the jobs it waits for."""
+    title = Text("waiting for %s (Ctrl-C stops waiting; jobs keep running)"
+                 % ("job " + job_id if job_id else "all jobs"), style="dim")
+    return Group(title, jobs_table(infos, meter))

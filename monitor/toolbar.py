@@ -1,0 +1,38 @@
+"""The bottom toolbar: one live, rich-rendered progress line per running job.
+
+prompt_toolkit calls the toolbar on every redraw (``refresh_interval`` in the
+REPL makes that about twice a second); it reads the jobs through the core's
+``query-block-jobs`` and returns ANSI text.  Nothing here writes to the terminal.
+"""
+import shutil
+
+from prompt_toolkit.formatted_text import ANSI
+
+from monitor.progress import ThroughputMeter, jobs_table, render_ansi
+
+REFRESH_INTERVAL = 0.5
+IDLE_HINT = "no active jobs \u2502 Tab completes \u2502 Ctrl-R searches history \u2502 Ctrl-D leaves"
+
+
+def terminal_width() -> int:
+    return shutil.get_terminal_size((100, 24)).columns
+
+
+class JobsToolbar:
+    """Callable for ``PromptSession(bottom_toolbar=...)``."""
+
+    def __init__(self, core, meter: ThroughputMeter = None, width=terminal_width):
+        self._core = core
+        self._meter = meter or ThroughputMeter()
+        self._width = width
+
+    def text(self) -> str:
+        """The toolbar as ANSI-coded text (one line per job, or the idle hint)."""
+        infos = self._core.execute("query-block-jobs")
+        if not infos:
+            self._meter.forget_except(())
+            return IDLE_HINT
+        return render_ansi(jobs_table(infos, self._meter), self._width() - 1)
+
+    def __call__(self):
+        return ANSI(self.text())
