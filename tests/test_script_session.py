@@ -181,6 +181,22 @@ def test_the_real_interpreter_calls_the_console_handlers():
     assert slept == [1.5] and status == 1
 
 
+def connect_when_listening(sock_path, deadline):
+    """The socket file appears at bind(), a moment before listen(): retry refusals until the deadline."""
+    import socket
+    import time
+    while True:
+        client = socket.socket(socket.AF_UNIX)
+        client.settimeout(30)
+        try:
+            client.connect(sock_path)
+            return client
+        except ConnectionRefusedError:
+            client.close()
+            assert time.monotonic() < deadline, "the QMP socket never accepted a connection"
+            time.sleep(0.05)
+
+
 @needs_core
 def test_with_a_qmp_server_the_session_keeps_serving_until_quit(demo_dir, tmp_path):
     import socket
@@ -196,9 +212,7 @@ def test_with_a_qmp_server_the_session_keeps_serving_until_quit(demo_dir, tmp_pa
         while not os.path.exists(sock_path):
             assert time.monotonic() < deadline, "the QMP socket never appeared"
             time.sleep(0.05)
-        client = socket.socket(socket.AF_UNIX)
-        client.settimeout(30)
-        client.connect(sock_path)
+        client = connect_when_listening(sock_path, deadline)
         reader = client.makefile("r")
         assert "QMP" in json.loads(reader.readline())
         with pytest.raises(subprocess.TimeoutExpired):
