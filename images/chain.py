@@ -251,6 +251,17 @@ def block_status_above(top: BlockImage, base: Optional[BlockImage], offset: int,
     return runs
 
 
+def extents_above(top: BlockImage, base: Optional[BlockImage], offset: int,
+                  length: int) -> List[Run]:
+    """As ``block_status_above`` but unmerged: one run per answer of a layer, so every
+    DATA run stored plainly keeps its ``host_offset`` (merging drops it when two
+    pieces of a layer are not contiguous on the host).  The stream plans copies
+    from this."""
+    with top.lock:
+        return [Run(e.kind, e.offset, e.length, e.host_offset if e.kind == DATA else None,
+                    e.depth) for e in _walk(top, base, offset, length)]
+
+
 def _map_entry(chain: List[BlockImage], extent: _Extent) -> dict:
     entry = {"start": extent.offset, "length": extent.length, "depth": extent.depth,
              "present": extent.present, "zero": extent.kind != DATA,
