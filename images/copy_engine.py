@@ -24,7 +24,8 @@ import errno
 import os
 from typing import List, NamedTuple, Optional, Tuple
 
-from .driver import DATA, Run
+from .chain import extents_above
+from .driver import DATA, UNALLOCATED, Run
 from .errors import ImageIOError
 from .qcow2 import Qcow2Image
 from .qcow2_format import QCOW_OFLAG_COPIED
@@ -32,6 +33,8 @@ from .raw import RawImage
 
 SYNC_FILE_RANGE_WRITE = 2
 MAX_COPY_CALL = 1 << 30      # one copy_file_range request; the kernel may do less
+SCAN_BUDGET = 0.002          # seconds one planning pass may hold the top's lock
+MAX_WINDOW = 1 << 50
 
 
 class Piece(NamedTuple):
@@ -56,6 +59,47 @@ def source_fd(image) -> Optional[int]:
 def fast_path_top(image) -> bool:
     """Only a plain, writable qcow2 top takes the fast path (a wrapper keeps its hooks)."""
     return type(image) is Qcow2Image and image.io is not None and not image.read_only
+
+
+def work_extents(top, base, offset: int, length: int) -> List[Run]:
+    """Extents below ``top`` (down to ``base``) that the top leaves unallocated and some
+    layer decides (DATA or ZERO): what a stream of [offset, offset+length) must copy.
+    Depths count from ``top.backing``.  Caller holds ``top.lock``."""
+    work = []
+    for run in top.block_status(offset, length):
+        if run.kind == UNALLOCATED:
+            work.extend(e for e in extents_above(top.backing, base, run.offset, run.length)
+                        if e.kind != UNALLOCATED)
+    return work
+
+
+def clipped(extents: List[Run], start: int, end: int) -> List[Run]:
+    """The parts of sorted ``extents`` inside [start, end)."""
+    out = []
+    for run in extents:
+        lo, hi = max(run.offset, start), min(run.end, end)
+        if lo >= hi:
+            if run.offset >= end:
+                break
+            continue
+        if (lo, hi) != (run.offset, run.end):
+            host = None if run.host_offset is None else run.host_offset + lo - run.offset
+            run = Run(run.kind, lo, hi - lo, host, run.depth)
+        out.append(run)
+    return out
+
+
+def next_window(window: int, step: int, advance: int, elapsed: float) -> int:
+    """How far the next planning pass looks: after a stretch with nothing to copy it
+    looks four times further (a 1 TiB chain with little data is crossed in a few
+    passes), while one pass stays within SCAN_BUDGET of lock time; after work, one step."""
+    if advance < window:
+        return step
+    if elapsed > 4 * SCAN_BUDGET:
+        return max(step, window // 4)
+    if elapsed > SCAN_BUDGET:
+        return window
+    return min(window * 4, MAX_WINDOW)
 
 
 def plan_batch(extents: List[Run], layers, cluster_size: int) -> Tuple[List[Piece], List[Run]]:

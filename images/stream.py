@@ -13,9 +13,11 @@ file (the data must be durable first), then the backing reference is rewritten t
 clusters changes; they equal what the chain returned, so the image stays right.
 """
 import os
+import time
 
 from .chain import chain_of, extents_above
-from .copy_engine import Writeback, copy_batch, fast_path_top, plan_batch
+from .copy_engine import (Writeback, clipped, copy_batch, fast_path_top, next_window, plan_batch,
+                          work_extents)
 from .driver import UNALLOCATED, ZERO
 from .errors import ImageIOError
 from .jobs import Job
@@ -67,27 +69,32 @@ class StreamJob(Job):
             top.set_read_only(False)
         length = top.virtual_size
         self.set_len(length)
-        offset = 0
+        offset, window = 0, self.batch_size
         while offset < length:
             if not self.checkpoint():
                 return
             # Small steps keep a rate limit accurate; big ones amortise the planning.
-            step = min(self.chunk_size if self.speed else self.batch_size, length - offset)
+            step = self.chunk_size if self.speed else self.batch_size
+            window = max(window, step)
+            started = time.monotonic()
             try:
-                copied = self._stream_chunk(offset, step)
+                advance, copied = self._stream_chunk(offset, min(window, length - offset), step)
             except ImageIOError as err:
                 action = self.error_action(err)
                 if action == "retry":
                     continue
                 if action != "ignore":
                     raise
-                copied = 0
+                advance, copied = min(step, length - offset), 0
+            window = next_window(window, step, advance, time.monotonic() - started)
             self.account_copied(copied)
-            self.progress(step)
-            offset += step
+            self.progress(advance)
+            offset += advance
+        self._early_flush()
 
-    def _stream_chunk(self, offset, length):
-        """Copy what [offset, offset+length) needs; returns the bytes copied.
+    def _stream_chunk(self, offset, window, step):
+        """Find the first range in [offset, offset+window) that needs copying and copy
+        at most ``step`` bytes from there; returns (bytes advanced, bytes copied).
 
         Planned once under the top's lock: the ranges the top leaves unallocated,
         the extents below them, whole clusters of plain data copied in the kernel
@@ -96,13 +103,14 @@ class StreamJob(Job):
         top = self.top
         written = (0, 0)
         with top.lock:
+            extents = work_extents(top, self.base, offset, window)
+            if not extents:
+                return window, 0
+            start = max(offset, extents[0].offset // top.cluster_size * top.cluster_size)
+            end = min(offset + window, start + step)
+            extents = clipped(extents, start, end)
             layers = chain_of(top)
-            extents = []
-            for run in top.block_status(offset, length):
-                if run.kind == UNALLOCATED:
-                    extents.extend(extents_above(top.backing, self.base, run.offset, run.length))
-            rest = extents
-            copied = 0
+            rest, copied = extents, 0
             if fast_path_top(top):
                 fast, rest = plan_batch(extents, layers, top.cluster_size)
                 written = copy_batch(top, fast)
@@ -111,7 +119,16 @@ class StreamJob(Job):
                 copied += self._copy_run(layers, below)
             fd = top.io.fd if written[1] else -1
         self._writeback.start(fd, *written)   # outside the lock: guest I/O goes on
-        return copied
+        return end - offset, copied
+
+    def _early_flush(self):
+        """fsync the top without its lock, so that the locked flush in prepare (which
+        makes the completion durable) has little left and guest writes wait less."""
+        if fast_path_top(self.top):
+            try:
+                os.fsync(self.top.io.fd)
+            except OSError:
+                pass    # prepare's flush reports the error
 
     def _copy_run(self, layers, run):
         if run.kind == UNALLOCATED:
