@@ -21,6 +21,13 @@ COMPRESSED = "compressed"
 L2_CACHE_SIZE = 32
 MAX_HOST_OFFSET = 1 << 56         # what L2E_OFFSET_MASK can express
 _U64 = struct.Struct(">Q")
+_NO_ENTRY = bytes(8)
+_ZERO_ENTRY = QCOW_OFLAG_ZERO.to_bytes(8, "big")
+
+
+def _uniform(raw: bytes, entry: bytes) -> bool:
+    """True when every 8-byte entry of ``raw`` equals ``entry`` (two memcmp, no loop)."""
+    return raw[:8] == entry and raw[8:] == raw[:-8]
 
 
 class HostFile:
@@ -146,26 +153,47 @@ class AddressMap:
             pos = seg_end
 
     def _table_runs(self, l1_index: int, start: int, end: int):
+        """Runs of one L2 table's range, already merged where the entries allow it (a
+        table of equal entries is one comparison; clusters are walked only in mixed ones)."""
         bits = self.cluster_bits
         first = (start >> bits) & (self.l2_entries - 1)
         count = ((end - 1) >> bits) - (start >> bits) + 1
-        pos = start
-        for entry in self.entries(l1_index, first, count):
-            nxt = min(end, ((pos >> bits) + 1) << bits)
-            if entry & QCOW_OFLAG_COMPRESSED:
-                yield (COMPRESSED, pos, nxt - pos, None, entry)
-            elif entry & QCOW_OFLAG_ZERO:
-                yield (ZERO, pos, nxt - pos, None, entry)
-            else:
-                host = entry & L2E_OFFSET_MASK
-                if host == 0:
-                    yield (UNALLOCATED, pos, nxt - pos, None, entry)
-                else:
-                    if host & (self.cluster_size - 1):
-                        raise image_error(self.path, "data cluster offset %#x not aligned"
-                                          % host, host)
-                    yield (DATA, pos, nxt - pos, host + (pos & (self.cluster_size - 1)), entry)
-            pos = nxt
+        raw = bytes(memoryview(self.l2_table(self.l2_offset(l1_index)))[first * 8:(first + count) * 8])
+        if _uniform(raw, _NO_ENTRY):
+            yield (UNALLOCATED, start, end - start, None, 0)
+            return
+        if _uniform(raw, _ZERO_ENTRY):
+            yield (ZERO, start, end - start, None, QCOW_OFLAG_ZERO)
+            return
+        entries = struct.unpack(">%dQ" % count, raw)
+        i, pos, base = 0, start, start >> bits        # base: guest cluster of entries[0]
+        while i < count:
+            kind, host = self._classify(entries[i])
+            j = i + 1
+            if kind == DATA:
+                while j < count and self._classify(entries[j]) == (DATA, host + ((j - i) << bits)):
+                    j += 1
+            elif kind != COMPRESSED:
+                while j < count and self._classify(entries[j])[0] == kind:
+                    j += 1
+            nxt = min(end, (base + j) << bits)
+            if kind == DATA:
+                host += pos & (self.cluster_size - 1)
+            yield (kind, pos, nxt - pos, host, entries[i])
+            i, pos = j, nxt
+
+    def _classify(self, entry: int):
+        """(kind, host cluster offset or None) of one L2 entry."""
+        if entry & QCOW_OFLAG_COMPRESSED:
+            return COMPRESSED, None
+        if entry & QCOW_OFLAG_ZERO:
+            return ZERO, None
+        host = entry & L2E_OFFSET_MASK
+        if host == 0:
+            return UNALLOCATED, None
+        if host & (self.cluster_size - 1):
+            raise image_error(self.path, "data cluster offset %#x not aligned" % host, host)
+        return DATA, host
 
 
 def merged(runs, keep_compressed: bool = False):
