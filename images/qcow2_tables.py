@@ -21,6 +21,8 @@ COMPRESSED = "compressed"
 L2_CACHE_SIZE = 32
 MAX_HOST_OFFSET = 1 << 56         # what L2E_OFFSET_MASK can express
 _U64 = struct.Struct(">Q")
+_KIND_FLAGS = QCOW_OFLAG_COMPRESSED | QCOW_OFLAG_ZERO
+_KEY_MASK = L2E_OFFSET_MASK | _KIND_FLAGS
 _NO_ENTRY = bytes(8)
 _ZERO_ENTRY = QCOW_OFLAG_ZERO.to_bytes(8, "big")
 
@@ -166,34 +168,36 @@ class AddressMap:
             yield (ZERO, start, end - start, None, QCOW_OFLAG_ZERO)
             return
         entries = struct.unpack(">%dQ" % count, raw)
-        i, pos, base = 0, start, start >> bits        # base: guest cluster of entries[0]
+        csize, base = self.cluster_size, start >> bits    # base: guest cluster of entries[0]
+        i, pos = 0, start
         while i < count:
-            kind, host = self._classify(entries[i])
-            j = i + 1
-            if kind == DATA:
-                while j < count and self._classify(entries[j]) == (DATA, host + ((j - i) << bits)):
-                    j += 1
-            elif kind != COMPRESSED:
-                while j < count and self._classify(entries[j])[0] == kind:
-                    j += 1
+            entry = entries[i]
+            key = entry & _KEY_MASK        # host offset and the two kind flags
+            host = None
+            if entry & QCOW_OFLAG_COMPRESSED:
+                kind, j = COMPRESSED, i + 1
+            else:
+                if key & QCOW_OFLAG_ZERO:
+                    kind = ZERO
+                elif key:
+                    kind, host = DATA, key
+                    if host & (csize - 1):
+                        raise image_error(self.path, "data cluster offset %#x not aligned"
+                                          % host, host)
+                else:
+                    kind = UNALLOCATED
+                j, want, stride = i + 1, key, csize if kind == DATA else 0
+                if kind == ZERO:    # zero clusters merge whatever their host offset
+                    while j < count and entries[j] & _KIND_FLAGS == QCOW_OFLAG_ZERO:
+                        j += 1
+                else:
+                    while j < count and entries[j] & _KEY_MASK == want + stride:
+                        j, want = j + 1, want + stride
             nxt = min(end, (base + j) << bits)
-            if kind == DATA:
-                host += pos & (self.cluster_size - 1)
-            yield (kind, pos, nxt - pos, host, entries[i])
+            if host is not None:
+                host += pos & (csize - 1)
+            yield (kind, pos, nxt - pos, host, entry)
             i, pos = j, nxt
-
-    def _classify(self, entry: int):
-        """(kind, host cluster offset or None) of one L2 entry."""
-        if entry & QCOW_OFLAG_COMPRESSED:
-            return COMPRESSED, None
-        if entry & QCOW_OFLAG_ZERO:
-            return ZERO, None
-        host = entry & L2E_OFFSET_MASK
-        if host == 0:
-            return UNALLOCATED, None
-        if host & (self.cluster_size - 1):
-            raise image_error(self.path, "data cluster offset %#x not aligned" % host, host)
-        return DATA, host
 
 
 def merged(runs, keep_compressed: bool = False):
