@@ -1,6 +1,6 @@
 """Guest write latency through a device, idle and while a full-speed stream runs.
 
-Run as ``python -m bench.latency D.qcow2``; prints ``idle_p50=.. idle_p99=.. stream_p50=..
+Run as ``python -m bench.latency D.qcow2 [WARM_GIB]``; prints ``idle_p50=.. idle_p99=.. stream_p50=..
 stream_p99=.. stream_writes=..`` in seconds.  The writes go to random 4 KiB-aligned
 offsets through the device's active image, as a guest's would.
 """
@@ -9,6 +9,8 @@ import sys
 import time
 
 from commands.core import BlockCore
+
+from .peers import touch_ram
 
 WRITE = b"\x5a" * 4096
 
@@ -30,12 +32,14 @@ def timed_writes(device, rng, count=None, while_true=None):
     return samples
 
 
-def main(path):
+def main(path, warm_gib=None):
     core = BlockCore()
     core.add_drive("virtio0", path)
     device = core.active_image("virtio0")
     rng = random.Random(1)
     idle = timed_writes(device, rng, count=500)
+    if warm_gib:
+        touch_ram(warm_gib)
     core.execute("block-stream", {"device": "virtio0"})
     during = timed_writes(device, rng, while_true=lambda: bool(core.jobs()))
     core.wait_jobs()
@@ -46,4 +50,4 @@ def main(path):
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(sys.argv[1], float(sys.argv[2]) if len(sys.argv) > 2 else None)

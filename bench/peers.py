@@ -48,9 +48,10 @@ def blockmon_stream(chain_dir, warm_gib, base=None):
     """blockmon driven over QMP: command to BLOCK_JOB_COMPLETED (its data is durable by then)."""
     sock = _socket_path()
     drive = "file=%s,if=none,id=virtio0" % os.path.join(chain_dir, "D.qcow2")
+    log = tempfile.TemporaryFile(mode="w+")     # shown only when the run fails
     proc = subprocess.Popen([sys.executable, "-m", "monitor", "-drive", drive,
                              "-qmp", "unix:%s,server=on,wait=off" % sock],
-                            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                            cwd=ROOT, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
     try:
         qmp = QmpWire(sock)
         touch_ram(warm_gib)
@@ -65,10 +66,15 @@ def blockmon_stream(chain_dir, warm_gib, base=None):
         proc.wait(timeout=60)
         qmp.close()
         return {"event": elapsed, "rss": rss}
+    except BaseException:
+        log.seek(0)
+        sys.stderr.write("blockmon output:\n" + log.read())
+        raise
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        log.close()
 
 
 def qemu_stream(chain_dir, warm_gib, base=None):
@@ -124,9 +130,10 @@ def blockmon_startup():
     return {"time": time.perf_counter() - start}
 
 
-def guest_latency(chain_dir):
+def guest_latency(chain_dir, warm_gib):
     """p50/p99 of 4 KiB guest writes, idle and during a full-speed stream (in a child process)."""
-    out = subprocess.run([sys.executable, "-m", "bench.latency", os.path.join(chain_dir, "D.qcow2")],
+    out = subprocess.run([sys.executable, "-m", "bench.latency", os.path.join(chain_dir, "D.qcow2"),
+                          "%.2f" % warm_gib],
                          cwd=ROOT, check=True, capture_output=True, text=True).stdout
     values = dict(line.split("=") for line in out.split())
     return {key: float(value) for key, value in values.items()}
