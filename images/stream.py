@@ -23,7 +23,7 @@ from .errors import ImageIOError
 from .jobs import Job
 
 STREAM_CHUNK = 512 * 1024          # QEMU's chunk: the step while a speed is set
-STREAM_BATCH = 16 * 1024 * 1024    # the step at full speed (one lock hold each)
+STREAM_BATCH = 4 * 1024 * 1024     # the step at full speed: one lock hold each (guest p99)
 
 
 def backing_reference_for(top, base, explicit=None):
