@@ -18,6 +18,17 @@ from images.events import EventBus
 
 VERSION = {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "blockmon 0.1.0"}
 TIMEOUT = 10
+COMMANDS = ["qmp_capabilities", "query-version", "query-commands", "query-block-jobs",
+            "block-job-pause", "human-monitor-command", "quit"]
+HMP_ANSWERS = {
+    "info block-jobs": "No active jobs\r\n",
+    "help": "block_job_pause device -- pause an active background block operation\r\n"
+            "info [subcommand] -- show various information about the system state\r\n"
+            "quit|q  -- quit the emulator\r\n",
+    "info": "info block-jobs  -- show progress of ongoing block device operations\r\n"
+            "info version  -- show the version of QEMU\r\n",
+    "block_job_pause j1": "Error: Block job 'j1' not found\r\n",
+}
 
 
 class FakeCore:
@@ -39,11 +50,13 @@ class FakeCore:
         if name == "block-job-pause":
             _check(arguments, {"device": str})
             raise CommandError("Block job '%s' not found" % arguments["device"], DEVICE_NOT_ACTIVE)
+        if name == "query-commands":
+            return [{"name": n} for n in COMMANDS]
         if name == "human-monitor-command":
-            _check(arguments, {"command-line": str})
-            if arguments["command-line"] == "info block-jobs":
-                return "No active jobs\r\n"
-            return "unknown command: '%s'\r\n" % arguments["command-line"]
+            arguments.setdefault("cpu-index", 0)     # qmp-shell -H always sends it
+            _check(arguments, {"command-line": str, "cpu-index": int})
+            return HMP_ANSWERS.get(arguments["command-line"],
+                                   "unknown command: '%s'\r\n" % arguments["command-line"])
         if name == "x-slow":
             self.slow_started.set()
             self.gate.wait(TIMEOUT)
@@ -67,7 +80,8 @@ def _check(arguments, schema):
         if key not in arguments:
             raise CommandError("Parameter '%s' is missing" % key)
         if not isinstance(arguments[key], kind):
-            raise CommandError("Invalid parameter type for '%s', expected: string" % key)
+            raise CommandError("Invalid parameter type for '%s', expected: %s"
+                               % (key, "string" if kind is str else "integer"))
     for key in arguments:
         if key not in schema:
             raise CommandError("Parameter '%s' is unexpected" % key)
