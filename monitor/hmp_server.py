@@ -65,6 +65,8 @@ class HmpServer:
                     return
         except (ConnectionError, OSError):
             pass        # the client went away
+        except asyncio.CancelledError:
+            pass        # server shutdown; nothing awaits this per-connection task
         finally:
             writer.close()
 
@@ -84,14 +86,18 @@ class HmpServer:
                 line, pending = bytes(pending[:newline]), pending[newline + 1:]
                 if discarding:
                     discarding = False
-                    continue
-                yield line.rstrip(b"\r").decode("utf-8", "replace")
+                elif len(line) > self.max_line:
+                    writer.write(self._too_long())
+                else:
+                    yield line.rstrip(b"\r").decode("utf-8", "replace")
             if len(pending) > self.max_line:
                 if not discarding:
-                    writer.write(b"Error: input line longer than %d bytes, ignored\r\n" % self.max_line
-                                 + PROMPT)
+                    writer.write(self._too_long())
                 pending.clear()
                 discarding = True
+
+    def _too_long(self) -> bytes:
+        return b"Error: input line longer than %d bytes, ignored\r\n" % self.max_line + PROMPT
 
     async def _run(self, interpreter, line: str):
         """(output bytes, quit?) for one line, run in the executor so the loop stays free."""

@@ -126,6 +126,8 @@ class QmpServer:
             await self._serve(connection, reader)
         except (ConnectionError, OSError):
             pass        # the client went away; nothing else is affected
+        except asyncio.CancelledError:
+            pass        # server shutdown; nothing awaits this per-connection task
         finally:
             self.connections.discard(connection)
             writer.close()
