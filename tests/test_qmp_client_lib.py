@@ -5,9 +5,6 @@ scenarios against the real BlockCore.
 """
 import asyncio
 import os
-import shutil
-import subprocess
-import sys
 import threading
 
 import pytest
@@ -17,7 +14,8 @@ from qemu.qmp import ExecuteError, QMPClient                       # noqa: E402
 from qemu.qmp.legacy import QEMUMonitorProtocol                    # noqa: E402
 
 from monitor.servers import MonitorServers                          # noqa: E402
-from qmp_fakes import TIMEOUT, VERSION, FakeCore, remove_tree, short_tempdir  # noqa: E402
+from qmp_fakes import (TIMEOUT, VERSION, FakeCore, remove_tree, run_qmp_shell,  # noqa: E402
+                       short_tempdir)
 
 COMPLETED = {"type": "stream", "device": "virtio0", "len": 65536, "offset": 65536, "speed": 0}
 
@@ -81,20 +79,6 @@ def test_legacy_sync_client(served):
         assert set(event["timestamp"]) == {"seconds", "microseconds"}
     finally:
         monitor.close()
-
-
-def qmp_shell_command():
-    """qmp-shell's console script, or the module when only the library is importable."""
-    script = shutil.which("qmp-shell") or os.path.join(os.path.dirname(sys.executable), "qmp-shell")
-    if os.path.exists(script):
-        return [script]
-    return [sys.executable, "-c", "from qemu.qmp.qmp_shell import main; main()"]
-
-
-def run_qmp_shell(path, lines, *options, home):
-    environment = dict(os.environ, HOME=str(home))      # it writes ~/.qmp-shell_history
-    return subprocess.run(qmp_shell_command() + list(options) + [path], input="\n".join(lines) + "\n",
-                          capture_output=True, text=True, timeout=60, env=environment)
 
 
 def test_qmp_shell_in_qmp_mode(served, tmp_path):
