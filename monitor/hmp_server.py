@@ -41,6 +41,11 @@ class HmpServer:
         self.interpreter_factory = interpreter_factory or default_interpreter_factory
         self.max_line = max_line
         self._banner = None
+        self._writers = set()
+        self.closing = False
+
+    def writers(self) -> list:
+        return list(self._writers)
 
     def banner(self) -> bytes:
         if self._banner is None:
@@ -48,6 +53,10 @@ class HmpServer:
         return self._banner
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        if self.closing:
+            writer.close()
+            return
+        self._writers.add(writer)
         try:
             interpreter = self.interpreter_factory(self.core)
             writer.write(self.banner() + PROMPT)
@@ -68,6 +77,7 @@ class HmpServer:
         except asyncio.CancelledError:
             pass        # server shutdown; nothing awaits this per-connection task
         finally:
+            self._writers.discard(writer)
             writer.close()
 
     async def _lines(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):

@@ -163,8 +163,10 @@ def test_event_sequence_of_a_cancelled_stream(served):
 
 
 def test_event_sequence_of_a_failed_stream(served):
-    # Cut A.qcow2 (already open) to its first MiB: reads of A's data now fail.
-    os.truncate(os.path.join(served.chain, "A.qcow2"), 1 << 20)
+    from images.faults import FaultInjectingImage
+    top = served.core.active_image("virtio0")
+    top.backing = FaultInjectingImage(top.backing)      # every read below D fails with EIO
+    top.backing.inject("read")
     client = served.qmp()
     ok(client.cmd("block-stream", {"device": "virtio0"}))
     client.wait_event(job_ended("virtio0"))

@@ -395,3 +395,24 @@ def test_splitter_limits_size_and_nesting_then_resyncs():
     assert splitter.feed(b'xx"}{"still": "skipped"}\n{"b": 1} 7\n') == [b'{"b": 1}', b"7"]
     deep = JsonSplitter(limit=1 << 20)
     assert deep.feed(b"[" * 1025 + b"\n[]") == [JsonParseError("JSON nesting depth limit exceeded"), b"[]"]
+
+
+def test_owner_may_stop_the_servers_from_on_quit(sockdir):
+    path = os.path.join(sockdir, "quit.sock")
+    stopped = threading.Event()
+    holder = {}
+
+    def on_quit():
+        holder["servers"].stop()            # runs in the server thread
+        stopped.set()
+    holder["servers"] = MonitorServers(FakeCore(), ["unix:%s,server=on,wait=off" % path], [],
+                                       on_quit=on_quit).start()
+    client = QmpLineClient(path)
+    assert client.cmd("quit") == {"return": {}}
+    assert stopped.wait(TIMEOUT)
+    with pytest.raises(EOFError):
+        client.read_line()                  # the connection is closed by the shutdown
+    assert not os.path.exists(path)
+    holder["servers"]._thread.join(TIMEOUT)
+    assert not holder["servers"]._thread.is_alive()
+    holder["servers"].stop()                # a second stop is harmless
