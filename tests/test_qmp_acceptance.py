@@ -226,9 +226,11 @@ def test_three_clients_share_devices_and_jobs(served):
     console.read_until(b"(qemu) ")
     ok(streamer.cmd("block-stream", {"device": "virtio0", "speed": SLOW}))
     ok(controller.cmd("block-job-pause", {"device": "virtio0"}))
+    # The job pauses at its next pause point; the watcher sees it happen.
+    watcher.wait_event(lambda e: e["event"] == "JOB_STATUS_CHANGE" and e["data"]["status"] == "paused")
     for client in (streamer, controller, watcher):
         (job,) = ok(client.cmd("query-block-jobs"))
-        assert job["device"] == "virtio0" and job["paused"] is True
+        assert (job["device"], job["status"], job["paused"]) == ("virtio0", "paused", True)
     console.send("info block-jobs\n")
     assert console.read_until(b"(qemu) ").startswith(b"Streaming device virtio0: Completed ")
     # A client killed in the middle of a request changes nothing for the others.
