@@ -12,11 +12,7 @@ import threading
 
 import pytest
 
-try:
-    from commands.core import BlockCore
-except ImportError as err:      # the core is written in parallel; the lead removes this skip
-    pytestmark = pytest.mark.skip(reason="commands.core is not available yet (%s)" % err)
-    BlockCore = None
+from commands.core import BlockCore
 
 from monitor.servers import MonitorServers                                   # noqa: E402
 from qmp_fakes import (TIMEOUT, LineClient, QmpEventClient, job_ended,       # noqa: E402
