@@ -7,7 +7,6 @@ If opening the overlay we just created fails, the file is removed again.
 """
 import os
 
-from images.chain import chain_of
 from images.qcow2 import Qcow2Image, create_qcow2
 
 from .errors import CommandError
