@@ -58,6 +58,11 @@ def resolve_stream_base(table, top, device, args):
 
 
 def start_stream(core, args):
+    with core.devices.graph_lock:
+        return _start_stream(core, args)
+
+
+def _start_stream(core, args):
     table = core.devices
     device = args["device"]
     on_error = args.get("on-error", "report")

@@ -145,8 +145,12 @@ class BlockCore:
 
     def _qemu_io(self, args):
         from .qemu_io import run_qemu_io
-        image = self.active_image(args["device"])
-        output, _ok = run_qemu_io(image, args["command"])
+        device = self.devices.device(args["device"])
+        if device is None:  # a node name: no device switch can race with it
+            output, _ok = run_qemu_io(self.active_image(args["device"]), args["command"])
+            return output
+        with device.io_lock:
+            output, _ok = run_qemu_io(device.top, args["command"])
         return output
 
     def _quit(self, args):

@@ -53,20 +53,17 @@ def _create_overlay(path, top):
 
 def _open_existing(path):
     try:
-        return Qcow2Image.open(path)
+        return Qcow2Image.open(os.path.abspath(path))
     except FileNotFoundError as err:
         raise CommandError("Could not open '%s': No such file or directory" % path) from err
     except OSError as err:
         raise CommandError("Could not open '%s': %s" % (path, err.strerror)) from err
 
 
-def snapshot_sync(core, args):
-    table = core.devices
+def _snapshot_target(table, args):
+    """The device and its active image to put the overlay on, after QEMU's checks."""
     device, node_name = args.get("device"), args.get("node-name")
-    path = args["snapshot-file"]
     new_node = args.get("snapshot-node-name")
-    fmt = args.get("format", "qcow2")
-    mode = args.get("mode", "absolute-paths")
     top = table.lookup(device, node_name)
     table.check_not_busy(top)
     if node_name is not None and new_node is None:
@@ -76,27 +73,41 @@ def snapshot_sync(core, args):
     owner = table.device_of(top)
     if owner is None:
         raise CommandError("Cannot snapshot node '%s': it is not the active image of a device" % top.node_name)
+    fmt = args.get("format", "qcow2")
     if fmt not in KNOWN_FORMATS:
         raise CommandError("Unknown file format '%s'" % fmt)
-    with top.lock:
-        if mode == "existing":
-            _check_existing_free(table, path)
-            if fmt == "raw":
-                raise CommandError("The overlay does not support backing images")
-            overlay = _open_existing(path)
-        else:
-            _check_format(fmt)
-            _check_not_live(table, top, path)
-            _create_overlay(path, top)
-            try:
-                overlay = Qcow2Image.open(path)
-            except Exception:
-                os.unlink(path)
-                raise
-        if not top.read_only:
-            top.flush()
-        overlay.backing = top
-        table.switch_top(owner, overlay)
-        table.name_chain(overlay, new_node)
-        top.set_read_only(True)
+    return owner, top
+
+
+def _make_overlay(table, top, path, fmt, mode):
+    """Create (or, in mode 'existing', open) the overlay file; nothing is left behind on failure."""
+    if mode == "existing":
+        _check_existing_free(table, path)
+        if fmt == "raw":
+            raise CommandError("The overlay does not support backing images")
+        return _open_existing(path)
+    _check_format(fmt)
+    _check_not_live(table, top, path)
+    _create_overlay(path, top)
+    try:
+        return Qcow2Image.open(os.path.abspath(path))
+    except Exception:
+        os.unlink(path)
+        raise
+
+
+def snapshot_sync(core, args):
+    table = core.devices
+    path = args["snapshot-file"]
+    with table.graph_lock:
+        owner, top = _snapshot_target(table, args)
+        with owner.io_lock, top.lock:
+            overlay = _make_overlay(table, top, path, args.get("format", "qcow2"),
+                                    args.get("mode", "absolute-paths"))
+            if not top.read_only:
+                top.flush()
+            overlay.backing = top
+            table.switch_top(owner, overlay)
+            table.name_chain(overlay, args.get("snapshot-node-name"))
+            top.set_read_only(True)
     return {}
