@@ -41,6 +41,7 @@ class BlockCore:
             "block-job-complete": lambda a: self._job(a["device"]).complete(),
             "block-job-finalize": lambda a: self._job(a["id"]).finalize(),
             "block-job-dismiss": lambda a: self._job(a["id"]).dismiss(),
+            "job-dismiss": lambda a: self._job(a["id"]).dismiss(),   # QEMU 3.0's generic twin
             "blockdev-snapshot-sync": lambda args: snapshot_sync(self, args),
             "human-monitor-command": self._human_monitor_command,
             "x-blockmon-qemu-io": self._qemu_io,
