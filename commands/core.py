@@ -14,7 +14,7 @@ from images.job_registry import JobRegistry
 from . import block_info
 from .block_stream import start_stream
 from .devices import DeviceTable
-from .errors import CommandError
+from .errors import CommandError, QemuIoFailed
 from .snapshot import snapshot_sync
 
 VERSION = (7, 2, 0)
@@ -145,7 +145,9 @@ class BlockCore:
     def _qemu_io(self, args):
         from .qemu_io import run_qemu_io
         image = self.active_image(args["device"])
-        output, _ok = run_qemu_io(image, args["command"])
+        output, ok = run_qemu_io(image, args["command"])
+        if not ok:
+            raise QemuIoFailed(output)
         return output
 
     def _quit(self, args):

@@ -4,6 +4,10 @@ Every check runs before anything is created, so a refused snapshot changes
 nothing.  The switch happens under the old top's lock: a guest write either
 finished in the old top before the switch or goes to the new overlay after it.
 If opening the overlay we just created fails, the file is removed again.
+A relative file name is opened by its absolute path (relative to the working
+directory), so ``info block`` and ``query-block`` show an absolute name like every
+other image of the chain (QEMU shows what was typed); error messages name the
+file as typed.
 """
 import os
 
@@ -47,14 +51,15 @@ def _create_overlay(path, top):
     if not os.access(directory, os.W_OK):
         raise CommandError("Could not create '%s': Permission denied" % path)
     try:
-        create_qcow2(path, top.virtual_size, backing_name=top.path, backing_format=top.format_name)
+        create_qcow2(os.path.abspath(path), top.virtual_size, backing_name=top.path,
+                     backing_format=top.format_name)
     except OSError as err:
         raise CommandError("Could not create '%s': %s" % (path, err.strerror)) from err
 
 
 def _open_existing(path):
     try:
-        return Qcow2Image.open(path)
+        return Qcow2Image.open(os.path.abspath(path))
     except FileNotFoundError as err:
         raise CommandError("Could not open '%s': No such file or directory" % path) from err
     except OSError as err:
@@ -90,9 +95,9 @@ def snapshot_sync(core, args):
             _check_not_live(table, top, path)
             _create_overlay(path, top)
             try:
-                overlay = Qcow2Image.open(path)
+                overlay = Qcow2Image.open(os.path.abspath(path))
             except Exception:
-                os.unlink(path)
+                os.unlink(os.path.abspath(path))
                 raise
         if not top.read_only:
             top.flush()
