@@ -14,7 +14,7 @@ from images.job_registry import JobRegistry
 from . import block_info
 from .block_stream import start_stream
 from .devices import DeviceTable
-from .errors import CommandError
+from .errors import CommandError, QemuIoFailed
 from .snapshot import snapshot_sync
 from .table import qmp_command_names
 
@@ -42,6 +42,7 @@ class BlockCore:
             "block-job-complete": lambda a: self._job(a["device"]).complete(),
             "block-job-finalize": lambda a: self._job(a["id"]).finalize(),
             "block-job-dismiss": lambda a: self._job(a["id"]).dismiss(),
+            "job-dismiss": lambda a: self._job(a["id"]).dismiss(),   # QEMU 3.0's generic twin
             "blockdev-snapshot-sync": lambda args: snapshot_sync(self, args),
             "human-monitor-command": self._human_monitor_command,
             "x-blockmon-qemu-io": self._qemu_io,
@@ -147,10 +148,12 @@ class BlockCore:
         from .qemu_io import run_qemu_io
         device = self.devices.device(args["device"])
         if device is None:  # a node name: no device switch can race with it
-            output, _ok = run_qemu_io(self.active_image(args["device"]), args["command"])
-            return output
-        with device.io_lock:
-            output, _ok = run_qemu_io(device.top, args["command"])
+            output, ok = run_qemu_io(self.active_image(args["device"]), args["command"])
+        else:
+            with device.io_lock:
+                output, ok = run_qemu_io(device.top, args["command"])
+        if not ok:
+            raise QemuIoFailed(output)
         return output
 
     def _quit(self, args):

@@ -1,9 +1,14 @@
 """``blockdev-snapshot-sync``: put a new overlay on top of a live device.
 
 Every check runs before anything is created, so a refused snapshot changes
-nothing.  The switch happens under the old top's lock: a guest write either
-finished in the old top before the switch or goes to the new overlay after it.
+nothing.  The switch happens under the device's I/O lock and the old top's lock:
+a guest write either finished in the old top before the switch or goes to the
+new overlay after it.
 If opening the overlay we just created fails, the file is removed again.
+A relative file name is opened by its absolute path (relative to the working
+directory), so ``info block`` and ``query-block`` show an absolute name like every
+other image of the chain (QEMU shows what was typed); error messages name the
+file as typed.
 """
 import os
 
@@ -46,7 +51,8 @@ def _create_overlay(path, top):
     if not os.access(directory, os.W_OK):
         raise CommandError("Could not create '%s': Permission denied" % path)
     try:
-        create_qcow2(path, top.virtual_size, backing_name=top.path, backing_format=top.format_name)
+        create_qcow2(os.path.abspath(path), top.virtual_size, backing_name=top.path,
+                     backing_format=top.format_name)
     except OSError as err:
         raise CommandError("Could not create '%s': %s" % (path, err.strerror)) from err
 
@@ -92,7 +98,7 @@ def _make_overlay(table, top, path, fmt, mode):
     try:
         return Qcow2Image.open(os.path.abspath(path))
     except Exception:
-        os.unlink(path)
+        os.unlink(os.path.abspath(path))
         raise
 
 
