@@ -58,6 +58,11 @@ def resolve_stream_base(table, top, device, args):
 
 
 def start_stream(core, args):
+    with core.devices.graph_lock:
+        return _start_stream(core, args)
+
+
+def _start_stream(core, args):
     table = core.devices
     device = args["device"]
     on_error = args.get("on-error", "report")
@@ -80,6 +85,10 @@ def start_stream(core, args):
         auto_finalize=args.get("auto-finalize", True),
         auto_dismiss=args.get("auto-dismiss", True),
     )
+    if top.backing is not base:
+        # QEMU's stream coroutine sets len before block-stream returns, so an
+        # 'info block-jobs' typed right after shows "of <size> bytes", never "of 0".
+        job.set_len(top.virtual_size)
     table.block(held, "stream")
     try:
         # QEMU's job_create order: id checks, 'created', then the speed check ('null' if it fails)

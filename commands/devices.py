@@ -29,6 +29,9 @@ class Device:
     def __init__(self, name, top):
         self.name = name
         self.top = top          # the active image the guest writes to
+        # Held for each guest request and for a switch of ``top``: a request that
+        # picked the old top finishes before the switch, never after it.
+        self.io_lock = threading.RLock()
 
 
 class DeviceTable:
@@ -73,6 +76,11 @@ class DeviceTable:
             live = {id(img) for dev in self._devices.values() for img in chain_of(dev.top)}
             for name in [n for n, img in self._nodes.items() if id(img) not in live]:
                 del self._nodes[name]
+
+    @property
+    def graph_lock(self):
+        """Held by commands that change or depend on the shape of the graph (snapshot, stream start)."""
+        return self._lock
 
     # -- lookups --------------------------------------------------------------
     def devices(self):

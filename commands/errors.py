@@ -1,6 +1,7 @@
 """The one place that maps errors to QMP error classes.
 
     CommandError (class_, desc)     raised by the command core and argument checking
+      QemuIoFailed (text)           a qemu-io command that failed; HMP prints ``text`` as is
     images.errors.BlockError tree   raised by the block layer
 
 ``qmp_error(exc)`` turns either into ``{"class": ..., "desc": ...}``.  The console
@@ -21,6 +22,18 @@ class CommandError(Exception):
         super().__init__(desc)
         self.desc = desc
         self.class_ = class_
+
+
+class QemuIoFailed(CommandError):
+    """A qemu-io command that ran and failed (``read -P`` mismatch, bad argument, I/O error).
+
+    HMP prints ``text`` exactly as qemu-io would and counts the command as failed;
+    QMP sends a GenericError whose desc is that text without its last newline.
+    """
+
+    def __init__(self, text: str):
+        super().__init__(text.rstrip("\n"))
+        self.text = text
 
 
 def qmp_error(exc: Exception) -> dict:

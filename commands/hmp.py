@@ -16,7 +16,7 @@ from images.errors import BlockError
 
 from . import hmp_info
 from .args import ParseError, parse_arguments
-from .errors import CommandError, qmp_error
+from .errors import CommandError, QemuIoFailed, qmp_error
 from .table import find_command
 
 _SPACE = " \t\n\r\v\f"
@@ -75,6 +75,8 @@ class HmpInterpreter:
     def _run(self, adapter, args: dict, quit: bool = False) -> HmpResult:
         try:
             return HmpResult(adapter(self, args), True, quit)
+        except QemuIoFailed as err:
+            return HmpResult(err.text, False)
         except (CommandError, BlockError) as err:
             return HmpResult("Error: %s\n" % qmp_error(err)["desc"], False)
 

@@ -1,13 +1,17 @@
 """``blockdev-snapshot-sync``: put a new overlay on top of a live device.
 
 Every check runs before anything is created, so a refused snapshot changes
-nothing.  The switch happens under the old top's lock: a guest write either
-finished in the old top before the switch or goes to the new overlay after it.
+nothing.  The switch happens under the device's I/O lock and the old top's lock:
+a guest write either finished in the old top before the switch or goes to the
+new overlay after it.
 If opening the overlay we just created fails, the file is removed again.
+A relative file name is opened by its absolute path (relative to the working
+directory), so ``info block`` and ``query-block`` show an absolute name like every
+other image of the chain (QEMU shows what was typed); error messages name the
+file as typed.
 """
 import os
 
-from images.chain import chain_of
 from images.qcow2 import Qcow2Image, create_qcow2
 
 from .errors import CommandError
@@ -47,27 +51,25 @@ def _create_overlay(path, top):
     if not os.access(directory, os.W_OK):
         raise CommandError("Could not create '%s': Permission denied" % path)
     try:
-        create_qcow2(path, top.virtual_size, backing_name=top.path, backing_format=top.format_name)
+        create_qcow2(os.path.abspath(path), top.virtual_size, backing_name=top.path,
+                     backing_format=top.format_name)
     except OSError as err:
         raise CommandError("Could not create '%s': %s" % (path, err.strerror)) from err
 
 
 def _open_existing(path):
     try:
-        return Qcow2Image.open(path)
+        return Qcow2Image.open(os.path.abspath(path))
     except FileNotFoundError as err:
         raise CommandError("Could not open '%s': No such file or directory" % path) from err
     except OSError as err:
         raise CommandError("Could not open '%s': %s" % (path, err.strerror)) from err
 
 
-def snapshot_sync(core, args):
-    table = core.devices
+def _snapshot_target(table, args):
+    """The device and its active image to put the overlay on, after QEMU's checks."""
     device, node_name = args.get("device"), args.get("node-name")
-    path = args["snapshot-file"]
     new_node = args.get("snapshot-node-name")
-    fmt = args.get("format", "qcow2")
-    mode = args.get("mode", "absolute-paths")
     top = table.lookup(device, node_name)
     table.check_not_busy(top)
     if node_name is not None and new_node is None:
@@ -77,27 +79,41 @@ def snapshot_sync(core, args):
     owner = table.device_of(top)
     if owner is None:
         raise CommandError("Cannot snapshot node '%s': it is not the active image of a device" % top.node_name)
+    fmt = args.get("format", "qcow2")
     if fmt not in KNOWN_FORMATS:
         raise CommandError("Unknown file format '%s'" % fmt)
-    with top.lock:
-        if mode == "existing":
-            _check_existing_free(table, path)
-            if fmt == "raw":
-                raise CommandError("The overlay does not support backing images")
-            overlay = _open_existing(path)
-        else:
-            _check_format(fmt)
-            _check_not_live(table, top, path)
-            _create_overlay(path, top)
-            try:
-                overlay = Qcow2Image.open(path)
-            except Exception:
-                os.unlink(path)
-                raise
-        if not top.read_only:
-            top.flush()
-        overlay.backing = top
-        table.switch_top(owner, overlay)
-        table.name_chain(overlay, new_node)
-        top.set_read_only(True)
+    return owner, top
+
+
+def _make_overlay(table, top, path, fmt, mode):
+    """Create (or, in mode 'existing', open) the overlay file; nothing is left behind on failure."""
+    if mode == "existing":
+        _check_existing_free(table, path)
+        if fmt == "raw":
+            raise CommandError("The overlay does not support backing images")
+        return _open_existing(path)
+    _check_format(fmt)
+    _check_not_live(table, top, path)
+    _create_overlay(path, top)
+    try:
+        return Qcow2Image.open(os.path.abspath(path))
+    except Exception:
+        os.unlink(os.path.abspath(path))
+        raise
+
+
+def snapshot_sync(core, args):
+    table = core.devices
+    path = args["snapshot-file"]
+    with table.graph_lock:
+        owner, top = _snapshot_target(table, args)
+        with owner.io_lock, top.lock:
+            overlay = _make_overlay(table, top, path, args.get("format", "qcow2"),
+                                    args.get("mode", "absolute-paths"))
+            if not top.read_only:
+                top.flush()
+            overlay.backing = top
+            table.switch_top(owner, overlay)
+            table.name_chain(overlay, args.get("snapshot-node-name"))
+            top.set_read_only(True)
     return {}

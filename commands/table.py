@@ -133,6 +133,7 @@ QMP_SCHEMAS: Dict[str, Dict[str, object]] = {
     "block-job-complete": {"device": "str"},
     "block-job-finalize": {"id": "str"},
     "block-job-dismiss": {"id": "str"},
+    "job-dismiss": {"id": "str"},
     "blockdev-snapshot-sync": {
         "*device": "str", "*node-name": "str", "snapshot-file": "str",
         "*snapshot-node-name": "str", "*format": "str", "*mode": "NewImageMode",

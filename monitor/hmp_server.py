@@ -41,6 +41,11 @@ class HmpServer:
         self.interpreter_factory = interpreter_factory or default_interpreter_factory
         self.max_line = max_line
         self._banner = None
+        self._writers = set()
+        self.closing = False
+
+    def writers(self) -> list:
+        return list(self._writers)
 
     def banner(self) -> bytes:
         if self._banner is None:
@@ -48,6 +53,10 @@ class HmpServer:
         return self._banner
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        if self.closing:
+            writer.close()
+            return
+        self._writers.add(writer)
         try:
             interpreter = self.interpreter_factory(self.core)
             writer.write(self.banner() + PROMPT)
@@ -65,7 +74,10 @@ class HmpServer:
                     return
         except (ConnectionError, OSError):
             pass        # the client went away
+        except asyncio.CancelledError:
+            pass        # server shutdown; nothing awaits this per-connection task
         finally:
+            self._writers.discard(writer)
             writer.close()
 
     async def _lines(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
@@ -84,14 +96,18 @@ class HmpServer:
                 line, pending = bytes(pending[:newline]), pending[newline + 1:]
                 if discarding:
                     discarding = False
-                    continue
-                yield line.rstrip(b"\r").decode("utf-8", "replace")
+                elif len(line) > self.max_line:
+                    writer.write(self._too_long())
+                else:
+                    yield line.rstrip(b"\r").decode("utf-8", "replace")
             if len(pending) > self.max_line:
                 if not discarding:
-                    writer.write(b"Error: input line longer than %d bytes, ignored\r\n" % self.max_line
-                                 + PROMPT)
+                    writer.write(self._too_long())
                 pending.clear()
                 discarding = True
+
+    def _too_long(self) -> bytes:
+        return b"Error: input line longer than %d bytes, ignored\r\n" % self.max_line + PROMPT
 
     async def _run(self, interpreter, line: str):
         """(output bytes, quit?) for one line, run in the executor so the loop stays free."""

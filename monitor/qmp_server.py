@@ -100,6 +100,7 @@ class QmpServer:
         self.max_request = max_request
         self.max_outbuf = max_outbuf
         self.connections = set()
+        self.closing = False
         self._greeting = None
 
     def greeting(self) -> dict:
@@ -107,6 +108,9 @@ class QmpServer:
             version = self.core.execute("query-version")
             self._greeting = {"QMP": {"version": version, "capabilities": []}}
         return self._greeting
+
+    def writers(self) -> list:
+        return [connection.writer for connection in self.connections]
 
     def broadcast(self, event: dict):
         """Send an event to every negotiated client (call in the loop thread)."""
@@ -119,6 +123,9 @@ class QmpServer:
                 connection.send_raw(data)
 
     async def handle_connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter):
+        if self.closing:
+            writer.close()
+            return
         connection = QmpConnection(writer, self.max_outbuf)
         self.connections.add(connection)
         try:
@@ -126,6 +133,8 @@ class QmpServer:
             await self._serve(connection, reader)
         except (ConnectionError, OSError):
             pass        # the client went away; nothing else is affected
+        except asyncio.CancelledError:
+            pass        # server shutdown; nothing awaits this per-connection task
         finally:
             self.connections.discard(connection)
             writer.close()

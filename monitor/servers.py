@@ -67,7 +67,7 @@ class MonitorServers:
         self._executor = concurrent.futures.ThreadPoolExecutor(
             max_workers=8, thread_name_prefix="blockmon-monitor")
         self._loop.set_default_executor(self._executor)
-        self._thread = threading.Thread(target=self._loop.run_forever, name="blockmon-monitors",
+        self._thread = threading.Thread(target=_run_loop, args=(self._loop,), name="blockmon-monitors",
                                         daemon=True)
         self._thread.start()
         future = asyncio.run_coroutine_threadsafe(self._serve_all(), self._loop)
@@ -93,8 +93,6 @@ class MonitorServers:
                 except (concurrent.futures.TimeoutError, RuntimeError):
                     loop.call_soon_threadsafe(loop.stop)
                 self._thread.join(STOP_TIMEOUT)
-                if not self._thread.is_alive():
-                    loop.close()
         self._close_sockets()
 
     # -- inside the loop ---------------------------------------------------------
@@ -108,15 +106,23 @@ class MonitorServers:
             self._servers.append(server)
 
     async def _shutdown(self, loop):
+        # Handlers of connections accepted from now on close them at once.
+        self.qmp.closing = self.hmp.closing = True
         for server in self._servers:
             server.close()
-        # Connection handlers close their sockets when cancelled; commands
-        # still running in the executor finish on their own.
-        tasks = [task for task in asyncio.all_tasks(loop) if task is not asyncio.current_task()]
-        for task in tasks:
-            task.cancel()
-        if tasks:
-            await asyncio.wait(tasks, timeout=STOP_TIMEOUT / 2)
+        # Dropping every connection ends idle handlers; those waiting for a
+        # command in the executor are cancelled (the command finishes on its own).
+        for writer in self.qmp.writers() + self.hmp.writers():
+            writer.transport.abort()
+        # Accepts under way still create tasks meanwhile, so look again each round.
+        for attempt in range(4):
+            tasks = [task for task in asyncio.all_tasks(loop) if task is not asyncio.current_task()]
+            if not tasks:
+                break
+            if attempt >= 2:
+                for task in tasks:
+                    task.cancel()
+            await asyncio.wait(tasks, timeout=0.5)
         self._executor.shutdown(wait=False)
         loop.call_soon(loop.stop)
 
@@ -162,6 +168,13 @@ class MonitorServers:
             except OSError:
                 pass
         self._unix_paths = []
+
+
+def _run_loop(loop):
+    try:
+        loop.run_forever()
+    finally:
+        loop.close()
 
 
 def _parse(text: str, option: str):

@@ -3,7 +3,6 @@ missing files, depth) and reading through them, against qemu-img as the oracle."
 import hashlib
 import json
 import os
-import subprocess
 
 import pytest
 

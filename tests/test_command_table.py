@@ -96,3 +96,11 @@ def test_completion_sources_name_real_arguments():
         assert set(cmd.complete) <= names, cmd.name
         for size_arg, string_arg in cmd.word_fallback.items():
             assert {size_arg, string_arg} <= names
+
+
+def test_core_handles_exactly_the_tables_qmp_commands():
+    from commands.core import BlockCore
+    from commands.table import qmp_command_names
+    core = BlockCore()
+    assert core.handled_command_names() == sorted(qmp_command_names())
+    assert [entry["name"] for entry in core.execute("query-commands")] == sorted(qmp_command_names())

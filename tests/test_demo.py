@@ -61,17 +61,6 @@ def test_walkthrough_plays_the_seed_commands(demo):
         "snapshot_blkdev ide0-hd0 %s/new-path/disk.img qcow2" % demo.directory)
 
 
-def real_core_available():
-    try:
-        import commands.core  # noqa: F401
-        import commands.hmp  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-@pytest.mark.skipif(not real_core_available(),
-                    reason="commands.core / commands.hmp not merged yet (the lead removes this skip)")
 def test_walkthrough_end_to_end(tmp_path, qemu_img):
     directory = str(tmp_path / "walk")
     result = subprocess.run([sys.executable, "-m", "monitor", "--demo", directory, "--walkthrough"],

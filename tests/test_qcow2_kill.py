@@ -1,7 +1,6 @@
 """Kill test: a child doing random writes, zero writes and discards is killed with
 SIGKILL at 20 moments; after each kill qemu-img check finds no errors (leaks are
 allowed) and every operation the child logged as returned reads back."""
-import os
 import signal
 import subprocess
 import sys

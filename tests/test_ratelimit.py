@@ -97,8 +97,10 @@ def test_throughput_property(speed, chunk_per_mille):
     limiter = RateLimiter(speed, clock=clock)
     duration = 20.0 * max(1.0, chunk / speed)
     sent = transfer(limiter, clock, chunk, duration)
-    # At most one chunk and one slice quota off the ideal.
-    assert abs(sent - speed * duration) <= chunk + limiter.quota + 1
+    # At most one chunk and one slice quota off the ideal, plus what QEMU's integer
+    # quota (speed * 100 ms, truncated) gives up: under one byte per slice.
+    truncation = duration / limiter.SLICE
+    assert abs(sent - speed * duration) <= chunk + limiter.quota + 1 + truncation
 
 
 def test_set_speed_zero_lifts_a_pending_delay_at_once():

@@ -103,19 +103,6 @@ def test_block_job_wait_blocks_until_that_job_ends():
 
 # -- against the real core ---------------------------------------------------------
 
-def real_core_available():
-    try:
-        import commands.core  # noqa: F401
-        import commands.hmp  # noqa: F401
-        return True
-    except ImportError:
-        return False
-
-
-needs_core = pytest.mark.skipif(not real_core_available(),
-                                reason="commands.core / commands.hmp not merged yet (the lead removes this skip)")
-
-
 def blockmon(args, stdin_text, timeout=120):
     return subprocess.run([sys.executable, "-m", "monitor"] + args, input=stdin_text, cwd=ROOT,
                           capture_output=True, text=True, timeout=timeout)
@@ -127,7 +114,6 @@ def demo_dir(tmp_path):
     return build_demo(str(tmp_path / "demo")).directory
 
 
-@needs_core
 def test_real_script_transcript_and_exit_status(demo_dir):
     d = os.path.join(demo_dir, "D.qcow2")
     result = blockmon([d], "info block-jobs\n# comment\n\nblock_job_cancel virtio0\n")
@@ -136,7 +122,6 @@ def test_real_script_transcript_and_exit_status(demo_dir):
     assert result.returncode == 1
 
 
-@needs_core
 def test_real_script_waits_for_the_stream_at_end_of_input(demo_dir):
     d = os.path.join(demo_dir, "D.qcow2")
     result = blockmon(["-q", d], "block_stream virtio0 0 A\n")
@@ -151,7 +136,6 @@ def test_real_script_waits_for_the_stream_at_end_of_input(demo_dir):
         "Backing file:     A.qcow2" in again.stdout
 
 
-@needs_core
 def test_real_bad_command_line_fails_and_changes_nothing(demo_dir):
     d = os.path.join(demo_dir, "D.qcow2")
     before = open(d, "rb").read()
@@ -197,9 +181,7 @@ def connect_when_listening(sock_path, deadline):
             time.sleep(0.05)
 
 
-@needs_core
 def test_with_a_qmp_server_the_session_keeps_serving_until_quit(demo_dir, tmp_path):
-    import socket
     import time
     sock_path = str(tmp_path / "qmp.sock")
     proc = subprocess.Popen([sys.executable, "-m", "monitor", "-qmp", "unix:%s,server=on,wait=off" % sock_path,
