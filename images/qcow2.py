@@ -55,7 +55,7 @@ class Qcow2Image(Qcow2Writer, BlockImage):
             head = self.io.pread(1 << bits, 0)
         header = parse_header(head, self.path, file_size)
         self.header = header
-        self.virtual_size = header.size
+        self.virtual_size = header.size & ~511   # QEMU counts whole sectors of the header size
         self.cluster_size = header.cluster_size
         self.backing_name = header.backing_name
         self.backing_format = header.backing_format
@@ -234,6 +234,11 @@ def create_qcow2(path: str, virtual_size: int, cluster_size: int = 65536,
                           % cluster_size, cluster_size)
     if not 0 <= virtual_size <= MAX_VIRTUAL_SIZE:
         raise image_error(path, "virtual size %d out of range" % virtual_size, virtual_size)
+    virtual_size = -(-virtual_size // 512) * 512    # as qemu-img create: whole sectors
+    name_len = len((backing_name or "").encode("utf-8", "surrogateescape"))
+    if name_len > MAX_BACKING_NAME:      # QEMU refuses to open such an image
+        raise image_error(path, "backing file name length %d exceeds %d bytes"
+                          % (name_len, MAX_BACKING_NAME), name_len)
     l1_size = -(-virtual_size // (cluster_size * (cluster_size // 8)))
     l1_clusters = max(1, -(-l1_size * 8 // cluster_size))
     per_block = cluster_size * 8 // 16

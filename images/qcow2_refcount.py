@@ -57,6 +57,22 @@ class RefcountBlockCodec:
         per_byte = 8 // self.bits
         return (block[i // per_byte] >> ((i % per_byte) * self.bits)) & self.max_value
 
+    def free_mask(self, block) -> bytes:
+        """One byte per entry, zero exactly where the entry is zero (C-speed ops only)."""
+        raw = bytes(block)
+        if self.bits >= 8:
+            width = self.bits // 8
+            lanes = 0
+            for lane in range(width):
+                lanes |= int.from_bytes(raw[lane::width], "big")
+            return lanes.to_bytes(len(raw) // width, "big")
+        per_byte = 8 // self.bits
+        mask = bytearray(len(raw) * per_byte)
+        for k in range(per_byte):
+            table = bytes(((b >> (k * self.bits)) & self.max_value) for b in range(256))
+            mask[k::per_byte] = raw.translate(table)
+        return bytes(mask)
+
     def byte_span(self, start: int, count: int):
         first = start * self.bits // 8
         last = -(-(start + count) * self.bits // 8)
@@ -128,13 +144,48 @@ class RefcountManager:
         """Host offset of ``count`` contiguous free clusters at the end (refcounts
         still 0: the caller writes its data first, then calls ``update``)."""
         start = self.free_index
-        while True:
-            used = self.first_used(start, count)
-            if used < 0:
-                break
-            start = used + 1
+        if self.first_used(start, count) >= 0:     # rare: refcounts past the end of the file
+            start = self._free_run(start, count)
         self.free_index = start + count
         return start << self.cluster_bits
+
+    def _free_run(self, start: int, count: int) -> int:
+        """The first cluster >= ``start`` beginning ``count`` free clusters.  Each
+        refcount block is searched as a byte mask with a few C-speed calls, so a
+        table whose blocks claim every cluster costs per block, not per cluster."""
+        per_block = self.entries_per_block
+        run_start, run = start, 0
+        pos = start
+        masks = {}       # one mask per block offset: a bad table may repeat a block
+        while True:
+            index, first = divmod(pos, per_block)
+            mask = self._free_mask(index, masks)
+            if run:      # a run from the previous block: extend it by this one's head
+                head = per_block - len(mask.lstrip(b"\0"))
+                if run + head >= count:
+                    return run_start
+                if head == per_block:
+                    run, pos = run + head, pos + per_block
+                    continue
+                run, pos, first = 0, index * per_block + head, head
+            if count <= per_block - first:
+                found = mask.find(bytes(count), first)
+                if found >= 0:
+                    return index * per_block + found
+            tail = max(first, len(mask.rstrip(b"\0")))
+            if tail < per_block:
+                run_start, run = index * per_block + tail, per_block - tail
+            pos = (index + 1) * per_block
+
+    def _free_mask(self, index: int, masks: dict) -> bytes:
+        """One byte per entry of block ``index``: zero where the refcount is zero."""
+        block = self._block(index)
+        if block is None:
+            return bytes(self.entries_per_block)
+        key = self.table[index] & REFT_OFFSET_MASK
+        if key not in masks:
+            masks[key] = self.codec.free_mask(block)
+        return masks[key]
 
     def update(self, host_offset: int, length: int, delta: int) -> None:
         """Add ``delta`` to the refcount of every cluster touched by the byte range."""
