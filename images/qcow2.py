@@ -188,9 +188,16 @@ class Qcow2Image(Qcow2Writer, BlockImage):
                     MAX_BACKING_NAME:
                 raise image_error(self.path, "backing file name of %d bytes exceeds %d"
                                   % (len(name.encode()), MAX_BACKING_NAME), name)
+            # Growth moved the refcount table since open: the rewrite must say where.
+            self.header.fields.update(refcount_table_offset=self.refcounts.table_offset,
+                                      refcount_table_clusters=self.refcounts.table_clusters)
             new = self.header.with_backing(name, fmt if name is not None else None)
             area = pack_header_area(new)
             limit = min(MAX_HEADER_AREA_WRITE, self.cluster_size)
+            if len(area) > limit:     # the feature table is informational (QEMU omits it too)
+                new.extensions = [(t, d) for t, d in new.extensions
+                                  if t != QCOW2_EXT_MAGIC_FEATURE_TABLE]
+                area = pack_header_area(new)
             if len(area) > limit:
                 raise image_error(self.path, "header with backing file %r needs %d bytes, more "
                                   "than the %d that can be written at once"
