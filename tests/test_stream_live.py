@@ -186,7 +186,7 @@ def test_kill_during_stream_leaves_valid_images(bench_chain_256m, tmp_path):
         child.send_signal(signal.SIGKILL)
         child.wait()
         for name in ("A", "B", "C", "D"):
-            ok, text = check_clean(os.path.join(chain, name + ".qcow2"))
+            ok, text = check_clean(os.path.join(chain, name + ".qcow2"), leaks_ok=True)
             assert ok, (moment, name, text)
         backing = info(top).get("backing-filename")
         assert backing in ("C.qcow2", None), backing
@@ -199,7 +199,7 @@ def test_kill_during_stream_leaves_valid_images(bench_chain_256m, tmp_path):
         core.shutdown()
         assert "backing-filename" not in info(top)
         assert identical(top, pristine)[0], moment
-        assert check_clean(top)[0]
+        assert check_clean(top, leaks_ok=True)[0]   # the killed run may have leaked
         run("rm", "-rf", chain)
     assert "C.qcow2" in outcomes
 
