@@ -63,6 +63,8 @@ def start_stream(core, args):
 
 
 def _start_stream(core, args):
+    if core.closing:
+        raise CommandError("Cannot start a block job: blockmon is shutting down")
     table = core.devices
     device = args["device"]
     on_error = args.get("on-error", "report")

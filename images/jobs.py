@@ -57,6 +57,9 @@ class Job:
 
     job_type = "stream"
     supports_complete = False   # only jobs with a READY phase (mirror) can be completed
+    # BLOCK_JOB_ERROR's 'operation' when the job fixes it (stream: always 'read');
+    # None reports the failed request's own operation.
+    error_operation = None
 
     def __init__(self, job_id, events, *, speed=0, on_error="report", auto_finalize=True,
                  auto_dismiss=True, clock=time.monotonic, sleep=None):
@@ -399,7 +402,8 @@ class Job:
         action = error_action_for(self.on_error, err)
         with self._lock:
             self.events.publish("BLOCK_JOB_ERROR", {
-                "device": self.id, "operation": getattr(exc, "operation", "read"),
+                "device": self.id,
+                "operation": self.error_operation or getattr(exc, "operation", "read"),
                 "action": action})
             if action == "ignore" and self._ignored_error is None:
                 self._ignored_error = exc
