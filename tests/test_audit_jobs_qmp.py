@@ -141,3 +141,86 @@ def test_a_stream_started_during_shutdown_is_refused_or_finished(tmp_path, qemu_
         assert backing_of(str(tmp_path / directory / "C.qcow2")) == ("B.qcow2", "qcow2")
         for name in "ABC":
             run("qemu-img", "check", "-q", str(tmp_path / directory / (name + ".qcow2")))
+
+
+# -- the QMP server over a socket -------------------------------------------------------
+@pytest.fixture
+def served(core):
+    from monitor.servers import MonitorServers
+    from qmp_fakes import remove_tree, short_tempdir
+    directory = short_tempdir()
+    path = os.path.join(directory, "qmp.sock")
+    quits = threading.Event()
+    servers = MonitorServers(core, ["unix:%s,server=on,wait=off" % path], [],
+                             on_quit=quits.set).start()
+    servers.path, servers.quits = path, quits
+    yield servers
+    servers.stop()
+    remove_tree(directory)
+
+
+@pytest.mark.parametrize("line", ["quit", "q"])
+def test_hmp_quit_through_human_monitor_command_quits(served, line):
+    """qmp-shell -H users type 'quit': QEMU answers "" and exits; so must we."""
+    from qmp_fakes import QmpEventClient
+    client = QmpEventClient(served.path)
+    assert client.cmd("human-monitor-command", {"command-line": line}, id=7) == \
+        {"return": "", "id": 7}
+    assert served.quits.wait(WAIT)
+    client.close()
+
+
+def test_other_hmp_lines_do_not_quit(served):
+    from qmp_fakes import QmpEventClient
+    client = QmpEventClient(served.path)
+    assert client.cmd("human-monitor-command", {"command-line": "quit now"}) == {
+        "return": 'quit: extraneous characters at the end of line\r\n'
+                  'Try "help quit" for more information\r\n'}
+    assert client.cmd("human-monitor-command", {"command-line": "info block-jobs"}) == \
+        {"return": "No active jobs\r\n"}
+    assert not served.quits.is_set()
+    client.close()
+
+
+# -- a verb that loses the race with the job's end: "not found", as libvirt expects ------
+@pytest.mark.parametrize("verb", ["cancel", "pause", "resume", "set-speed", "complete",
+                                  "finalize", "dismiss"])
+def test_a_verb_on_a_job_that_just_went_away_is_device_not_active(core, verb):
+    """The QMP handler finds the job, then calls its verb on another thread; if the
+    job reached 'null' in between, QEMU's answer (the job is not found, class
+    DeviceNotActive, which libvirt treats as "already gone") is the right one."""
+    from commands.errors import qmp_error
+    from images.errors import JobError
+    core.execute("block-stream", {"device": "virtio0", "speed": SLOW})
+    job = core.jobs()[0]
+    core.execute("block-job-set-speed", {"device": "virtio0", "speed": 0})
+    assert core.wait_jobs(timeout=WAIT) and job.status == "null"
+    calls = {"cancel": lambda: job.cancel(force=False), "pause": job.pause, "resume": job.resume,
+             "set-speed": lambda: job.set_speed(0), "complete": job.complete,
+             "finalize": job.finalize, "dismiss": job.dismiss}
+    with pytest.raises(JobError) as err:
+        calls[verb]()
+    assert qmp_error(err.value) == {"class": "DeviceNotActive",
+                                    "desc": "Block job 'virtio0' not found"}
+
+
+# -- snapshot-node-name must be a valid node name; nothing is created otherwise ---------
+@pytest.mark.parametrize("name", ["1abc", "", "#block1", "a b", "é"])
+def test_snapshot_node_name_is_checked_before_anything_is_created(core, chain, name):
+    directory = os.path.dirname(chain)
+    before = sorted(os.listdir(directory))
+    target = os.path.join(directory, "S.qcow2")
+    with pytest.raises(Exception) as err:
+        core.execute("blockdev-snapshot-sync", {"device": "virtio0", "snapshot-file": target,
+                                                "snapshot-node-name": name})
+    assert err.value.desc == "Invalid node-name: '%s'" % name
+    assert sorted(os.listdir(directory)) == before
+    assert core.execute("query-block")[0]["inserted"]["file"] == chain
+
+
+# -- block-stream argument checks in qmp_block_stream's order --------------------------
+def test_base_and_base_node_conflict_is_checked_before_the_device_lookup(core):
+    with pytest.raises(Exception) as err:
+        core.execute("block-stream", {"device": "nosuch", "base": "A.qcow2", "base-node": "A"})
+    assert err.value.desc == "'base' and 'base-node' cannot be specified at the same time"
+    assert core.jobs() == []
