@@ -47,14 +47,15 @@ def inserted_info(top):
     return inserted
 
 
-def device_info(device, io_status="ok"):
+def device_info(device):
+    """BlockInfo as QEMU 7.2 gives a drive with no guest device attached (the transcript):
+    ``removable`` is true, and ``qdev`` and ``io-status`` are absent (QEMU sets io-status
+    only once a guest device enables it; a job's own io-status is in query-block-jobs)."""
     return {
         "device": device.name,
-        "qdev": "",
         "locked": False,
-        "removable": False,
+        "removable": True,
         "type": "unknown",
-        "io-status": io_status,
         "inserted": inserted_info(device.top),
     }
 

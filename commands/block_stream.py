@@ -42,8 +42,6 @@ def intermediate_images(top, base):
 
 def resolve_stream_base(table, top, device, args):
     base, base_node = args.get("base"), args.get("base-node")
-    if base is not None and base_node is not None:
-        raise CommandError("'base' and 'base-node' cannot be specified at the same time")
     if base is not None:
         found = find_base(top, base)
         if found is None:
@@ -63,8 +61,12 @@ def start_stream(core, args):
 
 
 def _start_stream(core, args):
+    if core.closing:
+        raise CommandError("Cannot start a block job: blockmon is shutting down")
     table = core.devices
     device = args["device"]
+    if "base" in args and "base-node" in args:     # QEMU checks this before the lookup
+        raise CommandError("'base' and 'base-node' cannot be specified at the same time")
     on_error = args.get("on-error", "report")
     top = table.lookup(device, device)
     base = resolve_stream_base(table, top, device, args)

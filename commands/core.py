@@ -28,6 +28,7 @@ class BlockCore:
         self.devices = DeviceTable()
         self.jobs_registry = JobRegistry()
         self.quit_requested = threading.Event()
+        self.closing = False        # set by shutdown(); no job starts afterwards
         self._handlers = {
             "qmp_capabilities": lambda args: {},
             "query-version": self._query_version,
@@ -105,6 +106,10 @@ class BlockCore:
 
     def shutdown(self):
         """Cancel running jobs (images stay valid, backing references unchanged), then close all."""
+        with self.devices.graph_lock:
+            # Job starts hold the graph lock: none is half done now, and none starts
+            # later, so every job is in the list cancelled below.
+            self.closing = True
         cancelled = []
         for job in self.jobs():
             if job.status not in ("concluded", "null"):

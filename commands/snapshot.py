@@ -12,6 +12,7 @@ file as typed.
 """
 import os
 
+from images.job_states import id_wellformed
 from images.qcow2 import Qcow2Image, create_qcow2
 
 from .errors import CommandError
@@ -74,6 +75,9 @@ def _snapshot_target(table, args):
     table.check_not_busy(top)
     if node_name is not None and new_node is None:
         raise CommandError("New overlay node-name missing")
+    if new_node is not None and not id_wellformed(new_node):
+        # QEMU finds this only when opening the overlay it already created; we look first
+        raise CommandError("Invalid node-name: '%s'" % new_node)
     if new_node is not None and (table.node(new_node) is not None or table.device(new_node) is not None):
         raise CommandError("New overlay node-name already in use")
     owner = table.device_of(top)

@@ -2,10 +2,14 @@
 
 ``TRANSITIONS[s]`` is the set of states a job in state ``s`` may move to;
 ``VERBS[v]`` is the set of states in which the user verb ``v`` is accepted.
-Also here: job id syntax (util/id.c ``id_wellformed``) and the on-error policy
-(blockjob.c ``block_job_error_action``), both plain functions of their input.
+Also here: job id syntax (util/id.c ``id_wellformed``), the on-error policy
+(blockjob.c ``block_job_error_action``) and a failed job's message, all plain
+functions of their input.
 """
 import errno
+import os
+
+from images.errors import BlockError, ImageIOError
 
 STATES = ("undefined", "created", "running", "paused", "ready", "standby",
           "waiting", "pending", "aborting", "concluded", "null")
@@ -71,3 +75,14 @@ def error_action_for(policy, err):
 def io_status_for(err):
     """block_job_iostatus_set_err: 'nospace' for ENOSPC, else 'failed'."""
     return "nospace" if err == errno.ENOSPC else "failed"
+
+
+def error_text(exc) -> str:
+    """The message a failed job reports: strerror for I/O errors (as QEMU's -errno), else desc."""
+    if isinstance(exc, ImageIOError):
+        return os.strerror(exc.errno)
+    if isinstance(exc, BlockError):
+        return exc.desc
+    if isinstance(exc, OSError) and exc.errno:
+        return os.strerror(exc.errno)
+    return str(exc) or type(exc).__name__

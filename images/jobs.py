@@ -26,9 +26,10 @@ import os
 import threading
 import time
 
-from images.errors import BlockError, ImageIOError, JobError
+from images.errors import JobError
 from images.job_states import (FINISHED, ON_ERROR_POLICIES, STATES, TRANSITIONS,  # noqa: F401
-                               VERBS, error_action_for, io_status_for, verb_error_text)
+                               VERBS, error_action_for, error_text, io_status_for,
+                               verb_error_text)
 from images.job_registry import JobRegistry  # noqa: F401  (re-exported)
 from images.ratelimit import RateLimiter
 
@@ -41,22 +42,14 @@ SPEED_ERROR = "Parameter 'speed' expects a non-negative value"
 MAX_WAIT = 3600.0
 
 
-def error_text(exc) -> str:
-    """The message a failed job reports: strerror for I/O errors (as QEMU's -errno), else desc."""
-    if isinstance(exc, ImageIOError):
-        return os.strerror(exc.errno)
-    if isinstance(exc, BlockError):
-        return exc.desc
-    if isinstance(exc, OSError) and exc.errno:
-        return os.strerror(exc.errno)
-    return str(exc) or type(exc).__name__
-
-
 class Job:
     """One block job.  Subclasses set ``job_type`` and implement ``run``."""
 
     job_type = "stream"
     supports_complete = False   # only jobs with a READY phase (mirror) can be completed
+    # BLOCK_JOB_ERROR's 'operation' when the job fixes it (stream: always 'read');
+    # None reports the failed request's own operation.
+    error_operation = None
 
     def __init__(self, job_id, events, *, speed=0, on_error="report", auto_finalize=True,
                  auto_dismiss=True, clock=time.monotonic, sleep=None):
@@ -231,7 +224,14 @@ class Job:
             self.events.publish("JOB_STATUS_CHANGE", {"id": self.id, "status": new_status})
         self._changed.notify_all()
 
+    def _require_listed(self):
+        """A job in 'null' is gone (QEMU's find_block_job would not find it): a verb that
+        lost the race with the job's end gets "not found", not a state refusal."""
+        if self.status == "null":
+            raise JobError("Block job '%s' not found" % (self.id,), not_found=True)
+
     def _apply_verb(self, verb):
+        self._require_listed()
         if self.status not in VERBS[verb]:
             raise JobError(verb_error_text(self.id, self.status, verb))
 
@@ -249,6 +249,7 @@ class Job:
     def resume(self):
         """job_user_resume: also resets io-status to ok (block_job_user_resume)."""
         with self._lock:
+            self._require_listed()
             if not self._user_paused or self._pause_count <= 0:
                 raise JobError("Can't resume a job that was not paused")
             self._apply_verb("resume")
@@ -264,6 +265,7 @@ class Job:
         """qmp_block_job_cancel + job_cancel.  Jobs without a soft cancel always cancel hard."""
         with self._lock:
             known = len(self.hook_errors)
+            self._require_listed()
             if self._user_paused and not force:
                 raise JobError("The block job for device '%s' is currently paused" % self.id)
             self._apply_verb("cancel")
@@ -399,7 +401,8 @@ class Job:
         action = error_action_for(self.on_error, err)
         with self._lock:
             self.events.publish("BLOCK_JOB_ERROR", {
-                "device": self.id, "operation": getattr(exc, "operation", "read"),
+                "device": self.id,
+                "operation": self.error_operation or getattr(exc, "operation", "read"),
                 "action": action})
             if action == "ignore" and self._ignored_error is None:
                 self._ignored_error = exc

@@ -45,6 +45,9 @@ def backing_reference_for(top, base, explicit=None):
 
 class StreamJob(Job):
     job_type = "stream"
+    # QEMU's stream_run passes is_read=true: the failed request is the copy-on-read
+    # prefetch, even when it was the write into the top that failed.
+    error_operation = "read"
 
     def __init__(self, job_id, events, top, base, *, backing_file=None,
                  on_finished=None, chunk_size=STREAM_CHUNK, batch_size=STREAM_BATCH,
