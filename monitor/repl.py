@@ -52,8 +52,10 @@ class Repl:
                                   formatter=lambda event: event_line(event, colour=colour))
         waiter = JobWaiter(core, stream=wait_stream if wait_stream is not None else sys.stdout,
                            events=self._events)
+        # "\r": write over the "^C" the terminal echoes when Ctrl-C cuts a sleep short.
+        sleeper = sleep_handler(sleep, after_ctrl_c="\r")
         self._interpreter = make_interpreter(core, {"block_job_wait": waiter.handler,
-                                                    "sleep": sleep_handler(sleep)})
+                                                    "sleep": sleeper})
         if history is None:
             history = open_history(history_path())
         self._exit_requested = threading.Event()
