@@ -139,3 +139,16 @@ def test_path_completion_offers_only_names_the_command_will_open(tmp_path, monke
     # Dot files only when asked for, as shells complete them.
     assert complete("snapshot_blkdev virtio0 ") == ["disk.qcow2"]
     assert complete("snapshot_blkdev virtio0 .h") == [".hidden"]
+
+
+def test_sleep_longer_than_the_platform_can_sleep_is_a_parse_error():
+    # "sleep 99999999999" crashed blockmon with OverflowError from time.sleep.
+    out, err = io.StringIO(), io.StringIO()
+    slept = []
+    status = ScriptSession(FakeCore(), out, err, make_interpreter=default_interpreter,
+                           sleep=slept.append).run(["sleep 99999999999", "sleep 4000000000"])
+    assert out.getvalue() == ("(qemu) sleep 99999999999\n"
+                              "sleep: invalid number '99999999999'\n"
+                              'Try "help sleep" for more information\n'
+                              "(qemu) sleep 4000000000\n")
+    assert slept == [4e9] and status == 1
