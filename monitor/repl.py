@@ -24,7 +24,9 @@ from monitor.script import PROMPT, console_text, default_interpreter, say_cancel
 from monitor.toolbar import REFRESH_INTERVAL, JobsToolbar
 from monitor.waiting import JobWaiter, sleep_handler
 
-STYLE = Style.from_dict({"bottom-toolbar": "noreverse bg:#202020 #d0d0d0"})
+# pygments' default style gives Error only a border, which terminals do not draw.
+STYLE = Style.from_dict({"bottom-toolbar": "noreverse bg:#202020 #d0d0d0",
+                         "pygments.error": "ansired"})
 
 
 def banner(version: str) -> str:

@@ -152,3 +152,32 @@ def test_sleep_longer_than_the_platform_can_sleep_is_a_parse_error():
                               'Try "help sleep" for more information\n'
                               "(qemu) sleep 4000000000\n")
     assert slept == [4e9] and status == 1
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_walkthrough_draws_progress_only_on_a_terminal_stderr(tmp_path, monkeypatch):
+    # With stdout a terminal and stderr redirected to a file, the bars' ANSI codes
+    # went into the file: whether to draw is stderr's own question.
+    import sys
+    from monitor.cli import main
+    out, err = _Terminal(), io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", err)
+    assert main(["--demo", str(tmp_path / "demo"), "--walkthrough"]) == 0
+    assert "unchanged" in out.getvalue()
+    assert err.getvalue() == ""
+
+
+def test_an_unknown_command_is_drawn_in_red():
+    # The lexer marks it Error, but pygments' default style gives Error only a
+    # border, which a terminal does not draw: "bogus" looked like any text.
+    from prompt_toolkit.styles import merge_styles, style_from_pygments_cls
+    from pygments.styles import get_style_by_name
+    from monitor.repl import STYLE
+    style = merge_styles([style_from_pygments_cls(get_style_by_name("default")), STYLE])
+    attrs = style.get_attrs_for_style_str("class:pygments.error")
+    assert attrs.color in ("ansired", "ff0000", "cd0000"), attrs
