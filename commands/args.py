@@ -71,6 +71,11 @@ def parse_size(text: str, default_suffix: str = "M", unit: int = 1024) -> int:
     return result
 
 
+# Longer sleeps make time.sleep raise (its int64-nanosecond deadline overflows near
+# 9.2e9 s); 2**32 s (136 years) is beyond any script and safely inside that.
+MAX_SECONDS = 2 ** 32
+
+
 def parse_seconds(text: str) -> float:
     """HMP's ``T``: a number of seconds, optionally suffixed ms, us or ns."""
     match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|ns)?", text)
@@ -78,7 +83,7 @@ def parse_seconds(text: str) -> float:
         raise ValueError("invalid number")
     value = float(match.group(1))
     value /= {None: 1, "ms": 1e3, "us": 1e6, "ns": 1e9}[match.group(2)]
-    if not math.isfinite(value):
+    if not math.isfinite(value) or value > MAX_SECONDS:
         raise ValueError("invalid number")
     return value
 

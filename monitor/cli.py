@@ -57,8 +57,9 @@ def run_session(core, options, demo, quit_signal: "QuitSignal", serving: bool) -
     if options.walkthrough:
         from monitor.demo import play_walkthrough
         from monitor.events_view import event_line
+        # Progress goes to stderr: drawn only when someone watches both streams.
         session = ScriptSession(core, sys.stdout, sys.stderr, echo=True,
-                                err_is_tty=sys.stdout.isatty(),
+                                err_is_tty=sys.stdout.isatty() and sys.stderr.isatty(),
                                 event_format=lambda e: event_line(e, sys.stdout.isatty()))
         return play_walkthrough(core, demo, session, sys.stdout.write)
     if options.commands or not sys.stdin.isatty():

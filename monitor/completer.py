@@ -21,15 +21,21 @@ QEMU_IO_COMMANDS = ('"read ', '"write ', '"discard ', '"map"', '"alloc ')
 
 
 def path_candidates(prefix: str) -> List[str]:
-    """Entries of the directory ``prefix`` points into, directories ending in "/"."""
-    directory, _ = os.path.split(prefix)
-    listed = os.path.expanduser(directory) or "."
+    """Entries of the directory ``prefix`` points into, directories ending in "/".
+
+    Names are taken literally, as QEMU opens them (no "~" expansion: the command
+    would refuse what it offered).  Dot files are offered only once a "." is typed.
+    """
+    directory, base = os.path.split(prefix)
+    listed = directory or "."
     try:
         names = sorted(os.listdir(listed))
     except OSError:
         return []
     result = []
     for name in names:
+        if name.startswith(".") and not base.startswith("."):
+            continue
         path = os.path.join(directory, name) if directory else name
         result.append(path + "/" if os.path.isdir(os.path.join(listed, name)) else path)
     return result

@@ -15,6 +15,18 @@ from rich.table import Table
 from rich.text import Text
 
 RATE_WINDOW = 3.0   # seconds of samples behind the throughput figure
+BAR_WIDTH = 24
+SHORT_BAR_WIDTH = 10
+MIN_BAR_WIDTH = 6
+# Cells of job_row: device, bar, percent, bytes, rate, ETA, limit, state.  A job must
+# stay on one line (a wrapped toolbar is unreadable): when it does not fit, the bar
+# shrinks to SHORT_BAR_WIDTH, then these cells go (least useful first), then the
+# bar shrinks further and finally goes.
+BAR = 1
+DROP_ORDER = (6, 5, 4, 3)
+# Widths the changing cells are fitted at, at least, so that columns do not come and
+# go as the figures change ("160.0 MiB/256.0 MiB", "23.4 MiB/s", "ETA 0:00:04", ...).
+STEADY_WIDTHS = {3: 19, 4: 11, 5: 11, 6: 16}
 
 
 def format_bytes(count: float) -> str:
@@ -69,7 +81,7 @@ def job_state(info: dict) -> str:
     return info.get("status", "running")
 
 
-def job_row(info: dict, rate: Optional[float]) -> List:
+def job_row(info: dict, rate: Optional[float], bar_width: int = BAR_WIDTH) -> List:
     """The cells of one job's line: device, bar, percent, bytes, rate, ETA, limit, state."""
     total, done = info.get("len", 0), info.get("offset", 0)
     fraction = done / total if total else 0.0
@@ -82,7 +94,7 @@ def job_row(info: dict, rate: Optional[float]) -> List:
     style = "red" if state.startswith("error") else ("yellow" if state == "paused" else "green")
     return [
         Text(info.get("device", "?"), style="bold cyan"),
-        ProgressBar(total=max(total, 1), completed=done if total else 0, width=24,
+        ProgressBar(total=max(total, 1), completed=done if total else 0, width=bar_width,
                     complete_style=style, finished_style=style),
         Text("%3d%%" % int(fraction * 100)),
         Text("%s/%s" % (format_bytes(done), format_bytes(total))),
@@ -93,12 +105,44 @@ def job_row(info: dict, rate: Optional[float]) -> List:
     ]
 
 
-def jobs_table(infos: List[dict], meter: ThroughputMeter) -> Table:
-    """A grid with one row per job, columns aligned across jobs."""
-    grid = Table.grid(padding=(0, 1))
-    for info in infos:
-        grid.add_row(*job_row(info, meter.observe(info.get("device", "?"), info.get("offset", 0))))
+def _cell_width(cell) -> int:
+    return cell.width if isinstance(cell, ProgressBar) else cell.cell_len
+
+
+def fitting_columns(rows: List[List], width: Optional[int]) -> tuple:
+    """(kept cell indexes, bar width) so that every row fits in ``width`` cells."""
+    kept = list(range(len(rows[0]))) if rows else []
+    if width is None or not rows:
+        return kept, BAR_WIDTH
+
+    def needed(columns):
+        others = [max([STEADY_WIDTHS.get(i, 0)] + [_cell_width(row[i]) for row in rows])
+                  for i in columns if i != BAR]
+        return sum(others) + len(columns) - 1       # one space between columns
+
+    for index in DROP_ORDER:
+        if needed(kept) + SHORT_BAR_WIDTH <= width:
+            break
+        kept.remove(index)
+    room = width - needed(kept)
+    if room >= MIN_BAR_WIDTH:
+        return kept, min(room, BAR_WIDTH)
+    kept.remove(BAR)
+    return kept, BAR_WIDTH
+
+
+def jobs_table(infos: List[dict], meter: ThroughputMeter, width: Optional[int] = None) -> Table:
+    """A grid with one row per job, columns aligned across jobs, fitted into ``width`` cells."""
+    rates = [meter.observe(info.get("device", "?"), info.get("offset", 0)) for info in infos]
     meter.forget_except({info.get("device") for info in infos})
+    kept, bar_width = fitting_columns([job_row(info, rate) for info, rate in zip(infos, rates)],
+                                      width)
+    grid = Table.grid(padding=(0, 1))
+    for _ in kept:
+        grid.add_column(no_wrap=True)
+    for info, rate in zip(infos, rates):
+        row = job_row(info, rate, bar_width)
+        grid.add_row(*[row[i] for i in kept])
     return grid
 
 
@@ -111,8 +155,9 @@ def render_ansi(renderable, width: int) -> str:
     return buffer.getvalue().rstrip("\n")
 
 
-def waiting_view(infos: List[dict], meter: ThroughputMeter, job_id: Optional[str]):
-    """What ``block_job_wait`` draws: a title and the jobs it waits for."""
+def waiting_view(infos: List[dict], meter: ThroughputMeter, job_id: Optional[str],
+                 width: Optional[int] = None):
+    """What ``block_job_wait`` draws: a title and the jobs it waits for, fitted into ``width``."""
     title = Text("waiting for %s (Ctrl-C stops waiting; jobs keep running)"
                  % ("job " + job_id if job_id else "all jobs"), style="dim")
-    return Group(title, jobs_table(infos, meter))
+    return Group(title, jobs_table(infos, meter, width))

@@ -24,7 +24,9 @@ from monitor.script import PROMPT, console_text, default_interpreter, say_cancel
 from monitor.toolbar import REFRESH_INTERVAL, JobsToolbar
 from monitor.waiting import JobWaiter, sleep_handler
 
-STYLE = Style.from_dict({"bottom-toolbar": "noreverse bg:#202020 #d0d0d0"})
+# pygments' default style gives Error only a border, which terminals do not draw.
+STYLE = Style.from_dict({"bottom-toolbar": "noreverse bg:#202020 #d0d0d0",
+                         "pygments.error": "ansired"})
 
 
 def banner(version: str) -> str:
@@ -52,8 +54,10 @@ class Repl:
                                   formatter=lambda event: event_line(event, colour=colour))
         waiter = JobWaiter(core, stream=wait_stream if wait_stream is not None else sys.stdout,
                            events=self._events)
+        # "\r": write over the "^C" the terminal echoes when Ctrl-C cuts a sleep short.
+        sleeper = sleep_handler(sleep, after_ctrl_c="\r")
         self._interpreter = make_interpreter(core, {"block_job_wait": waiter.handler,
-                                                    "sleep": sleep_handler(sleep)})
+                                                    "sleep": sleeper})
         if history is None:
             history = open_history(history_path())
         self._exit_requested = threading.Event()

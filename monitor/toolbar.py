@@ -11,11 +11,21 @@ from prompt_toolkit.formatted_text import ANSI
 from monitor.progress import ThroughputMeter, jobs_table, render_ansi
 
 REFRESH_INTERVAL = 0.5
-IDLE_HINT = "no active jobs \u2502 Tab completes \u2502 Ctrl-R searches history \u2502 Ctrl-D leaves"
+HINT_SEPARATOR = " \u2502 "
+IDLE_HINT = HINT_SEPARATOR.join(("no active jobs", "Tab completes", "Ctrl-R searches history",
+                                 "Ctrl-D leaves"))
 
 
 def terminal_width() -> int:
     return shutil.get_terminal_size((100, 24)).columns
+
+
+def idle_hint(width: int) -> str:
+    """As many whole phrases of IDLE_HINT as fit in ``width`` cells (a cut phrase reads wrong)."""
+    parts = IDLE_HINT.split(HINT_SEPARATOR)
+    while len(parts) > 1 and len(HINT_SEPARATOR.join(parts)) > width:
+        parts.pop()
+    return HINT_SEPARATOR.join(parts)
 
 
 class JobsToolbar:
@@ -31,8 +41,9 @@ class JobsToolbar:
         infos = self._core.execute("query-block-jobs")
         if not infos:
             self._meter.forget_except(())
-            return IDLE_HINT
-        return render_ansi(jobs_table(infos, self._meter), self._width() - 1)
+            return idle_hint(self._width() - 1)
+        width = self._width() - 1
+        return render_ansi(jobs_table(infos, self._meter, width), width)
 
     def __call__(self):
         return ANSI(self.text())

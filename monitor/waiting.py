@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.live import Live
 from rich.text import Text
 
+from commands.errors import DEVICE_NOT_FOUND, CommandError
 from monitor.progress import ThroughputMeter, waiting_view
 
 POLL_INTERVAL = 0.1
@@ -67,29 +68,47 @@ class JobWaiter:
         infos = _waited_jobs(self._core, job_id)
         if not infos:
             return ""
-        with Live(waiting_view(infos, meter, job_id), console=console, transient=True,
-                  auto_refresh=False) as live:
+        # Three cells spare: the terminal echoes "^C" after the last line; had that line
+        # wrapped, the transient Live would erase one line too few and leave one behind.
+        width = lambda: console.width - 3
+        with Live(waiting_view(infos, meter, job_id, width()), console=console,
+                  transient=True, auto_refresh=False) as live:
             previous = (self._events.swap_sink(lambda line: live.console.print(Text.from_ansi(line)))
                         if self._events else None)
             try:
-                return self._poll(job_id, lambda now: live.update(waiting_view(now, meter, job_id),
-                                                                  refresh=True))
+                return self._poll(job_id, lambda now: live.update(
+                    waiting_view(now, meter, job_id, width()), refresh=True))
             finally:
                 if self._events:
                     self._events.swap_sink(previous)
 
     def handler(self, args: dict) -> str:
-        """The ``block_job_wait`` callback: ``args`` holds the optional ``device``."""
-        return self.wait(args.get("device"))
+        """The ``block_job_wait`` callback: ``args`` holds the optional ``device``.
+
+        A device whose job has already ended returns at once (scripts wait on jobs
+        that may be done); a name nothing answers to is an error, or a mistyped
+        ``block_job_wait virtio`` would pass silently as if the job had ended.
+        """
+        device = args.get("device")
+        core = self._core
+        if device is not None and device not in {*core.device_names(), *core.node_names(),
+                                                 *core.job_ids()}:
+            raise CommandError("Cannot find device='%s' nor node-name='%s'" % (device, device),
+                               DEVICE_NOT_FOUND)
+        return self.wait(device)
 
 
-def sleep_handler(sleep: Callable = time.sleep) -> Callable[[dict], str]:
-    """The ``sleep SECONDS`` callback; Ctrl-C cuts the sleep short."""
+def sleep_handler(sleep: Callable = time.sleep, after_ctrl_c: str = "") -> Callable[[dict], str]:
+    """The ``sleep SECONDS`` callback; Ctrl-C cuts the sleep short.
+
+    ``after_ctrl_c`` starts the message: the console passes "\\r" to write over the
+    "^C" its terminal has just echoed.
+    """
     def handler(args: dict) -> str:
         seconds = float(args.get("seconds", 0))
         try:
             sleep(seconds)
         except KeyboardInterrupt:
-            return "sleep interrupted\n"
+            return after_ctrl_c + "sleep interrupted\n"
         return ""
     return handler
