@@ -8,6 +8,7 @@ or raises ``CommandError`` / ``images.errors.BlockError`` (mapped to QMP classes
 """
 import threading
 
+from images.errors import JobError
 from images.events import EventBus
 from images.job_registry import JobRegistry
 
@@ -105,18 +106,24 @@ class BlockCore:
         return all(job.wait(timeout) for job in jobs)
 
     def shutdown(self):
-        """Cancel running jobs (images stay valid, backing references unchanged), then close all."""
+        """Announce SHUTDOWN, cancel running jobs (images stay valid, backing references
+        unchanged), flush and close every image; returns the ids of the cancelled jobs."""
         with self.devices.graph_lock:
             # Job starts hold the graph lock: none is half done now, and none starts
             # later, so every job is in the list cancelled below.
-            self.closing = True
+            already_closing, self.closing = self.closing, True
+        if not already_closing:
+            # QEMU's event: a quit command is "host-qmp-quit"; the end of the console
+            # or of a script is the closest thing QEMU has to closing its window.
+            reason = "host-qmp-quit" if self.quit_requested.is_set() else "host-ui"
+            self.events.publish("SHUTDOWN", {"guest": False, "reason": reason})
         cancelled = []
         for job in self.jobs():
             if job.status not in ("concluded", "null"):
                 try:
                     job.cancel(force=True)
                     cancelled.append(job.id)
-                except Exception:  # a job finishing right now refuses the verb; it ends anyway
+                except JobError:  # it finished meanwhile and refuses the verb; it ends anyway
                     pass
         for job in self.jobs():
             job.wait(timeout=30)

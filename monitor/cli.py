@@ -135,6 +135,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     finally:
+        # The core first, so that connected QMP clients still get SHUTDOWN and the
+        # events of the jobs it cancels; then the servers.
+        core.shutdown()
         if servers is not None:
             servers.stop()
-        core.shutdown()

@@ -24,6 +24,7 @@ from monitor.qmp_server import QmpServer, encode
 
 START_TIMEOUT = 30
 STOP_TIMEOUT = 10
+DRAIN_TIMEOUT = 1.0   # seconds the last events may take to reach the clients at exit
 
 
 class MonitorStartError(Exception):
@@ -110,6 +111,9 @@ class MonitorServers:
         self.qmp.closing = self.hmp.closing = True
         for server in self._servers:
             server.close()
+        # What is queued (the last events: SHUTDOWN, cancelled jobs) goes out first,
+        # for a bounded time: a client that does not read is not waited for.
+        await self._drain(self.qmp.writers(), DRAIN_TIMEOUT)
         # Dropping every connection ends idle handlers; those waiting for a
         # command in the executor are cancelled (the command finishes on its own).
         for writer in self.qmp.writers() + self.hmp.writers():
@@ -125,6 +129,15 @@ class MonitorServers:
             await asyncio.wait(tasks, timeout=0.5)
         self._executor.shutdown(wait=False)
         loop.call_soon(loop.stop)
+
+    @staticmethod
+    async def _drain(writers, timeout):
+        """Wait until the writers' buffers are sent (or closed), ``timeout`` seconds at most."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while loop.time() < deadline and any(
+                not w.transport.is_closing() and w.transport.get_write_buffer_size() for w in writers):
+            await asyncio.sleep(0.01)
 
     def _on_event(self, event: dict):
         """EventBus callback, in a job thread: encode now, send from the loop."""

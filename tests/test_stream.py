@@ -41,7 +41,7 @@ def test_full_stream_flattens_the_chain(chain_copy, pristine):
     core.shutdown()
 
     assert event_names(events) == ["created", "running", "waiting", "pending",
-                                   "BLOCK_JOB_COMPLETED", "concluded", "null"]
+                                   "BLOCK_JOB_COMPLETED", "concluded", "null", "SHUTDOWN"]
     completed = events[4]["data"]
     assert completed == {"type": "stream", "device": "virtio0", "len": 256 << 20,
                          "offset": 256 << 20, "speed": 0}

@@ -73,7 +73,7 @@ def test_pause_resume_cancel_sequence(tmp_path, qemu_img):
     assert core.wait_jobs(timeout=60)
     core.shutdown()
     assert statuses(events) == ["created", "running", "paused", "running", "aborting",
-                                "BLOCK_JOB_CANCELLED", "concluded", "null"]
+                                "BLOCK_JOB_CANCELLED", "concluded", "null", "SHUTDOWN"]
     assert info(top)["backing-filename"] == "mid.qcow2"
     assert check_clean(top)[0]
 
@@ -93,7 +93,7 @@ def test_read_error_reported(tmp_path, qemu_img):
     assert core.wait_jobs(timeout=60)
     core.shutdown()
     assert statuses(events) == ["created", "running", "BLOCK_JOB_ERROR", "aborting",
-                                "BLOCK_JOB_COMPLETED", "concluded", "null"]
+                                "BLOCK_JOB_COMPLETED", "concluded", "null", "SHUTDOWN"]
     assert events[2]["data"] == {"device": "virtio0", "operation": "read", "action": "report"}
     completed = events[4]["data"]
     assert completed["error"] == "Input/output error"
@@ -119,7 +119,7 @@ def test_read_error_stop_then_resume_completes(tmp_path, qemu_img):
     assert core.wait_jobs(timeout=60)
     core.shutdown()
     assert statuses(events) == ["created", "running", "BLOCK_JOB_ERROR", "paused", "running", "waiting",
-                                "pending", "BLOCK_JOB_COMPLETED", "concluded", "null"]
+                                "pending", "BLOCK_JOB_COMPLETED", "concluded", "null", "SHUTDOWN"]
     assert events[2]["data"]["action"] == "stop"
     assert "backing-filename" not in info(top)
     assert identical(top, pristine, "qcow2", "raw")[0]
