@@ -15,10 +15,10 @@ PROGRAM = "blockmon"
 
 
 def version() -> str:
+    from importlib.metadata import PackageNotFoundError, version as dist_version
     try:
-        from importlib.metadata import version as dist_version
         return dist_version(PROGRAM)
-    except Exception:  # not installed: running from a checkout
+    except PackageNotFoundError:  # not installed: running from a checkout
         return "0.1.0"
 
 
