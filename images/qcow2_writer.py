@@ -188,12 +188,11 @@ class Qcow2Writer:
             self._check_range(offset, length)
             lo, hi = self._aligned_part(offset, length)
             head = self._plan_write(offset, lo - offset)
-            tail = self._plan_write(hi, offset + length - hi)
-            explicit = hi > lo and self.header.version < 3 and self._has_backing()
-            if explicit:
+            if hi > lo and self.header.version < 3 and self._has_backing():
                 self._plan_write(lo, hi - lo)      # checks only: chunks are planned anew
             else:
                 self._check_l2_targets(lo, hi - lo)
+            tail = self._plan_write(hi, offset + length - hi)
             self._execute(head, offset, memoryview(bytes(lo - offset)))
             self._execute(tail, hi, memoryview(bytes(offset + length - hi)))
             if hi <= lo:
