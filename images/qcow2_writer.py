@@ -5,7 +5,9 @@ get one contiguous host run, data goes out in one pwrite per contiguous run, the
 refcounts of the run are updated per refcount block, and the L2 table gets one
 pwrite of the changed slice.  Order on disk (so a kill leaves at worst leaks):
 data, then refcounts, then L2, then L1; frees clear the L2 entry before the
-refcount is decremented.
+refcount is decremented.  A write is planned whole before any byte goes out: the
+plan runs the metadata-overlap checks (qcow2_overlap) on every in-place host run and
+every L2 table reached through L1, so a refused write leaves the file unchanged.
 """
 from .qcow2_format import (AUTOCLEAR_FEATURES_OFFSET, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED,
                            QCOW_OFLAG_COPIED, QCOW_OFLAG_ZERO, QCOW2_COMPRESSED_SECTOR_SIZE,
