@@ -152,6 +152,7 @@ def copy_batch(top: Qcow2Image, pieces: List[Piece]) -> Tuple[int, int]:
     if not pieces:
         return 0, 0
     top._check_writable()  # pylint: disable=protected-access
+    _check_tables(top, pieces)
     csize = top.cluster_size
     total = sum(p.length for p in pieces)
     host = top.refcounts.reserve(total // csize)
@@ -162,6 +163,19 @@ def copy_batch(top: Qcow2Image, pieces: List[Piece]) -> Tuple[int, int]:
     top.refcounts.update(host, total, +1)
     _install_entries(top, pieces, host)
     return host, total
+
+
+def _check_tables(top: Qcow2Image, pieces: List[Piece]) -> None:
+    """Refuse, before anything is copied, a batch whose L2 tables (taken from L1) lie
+    on other metadata: one check per L2 table touched, none per cluster.  The new run
+    itself comes from the allocator, past all live metadata."""
+    shift = top.map.cluster_bits * 2 - 3          # guest bytes per L2 table, as a shift
+    last = -1
+    for p in pieces:
+        for l1_index in range(max(p.guest >> shift, last + 1),
+                              ((p.guest + p.length - 1) >> shift) + 1):
+            top._check_l2_target(l1_index, max(p.guest, l1_index << shift))  # pylint: disable=protected-access
+            last = l1_index
 
 
 def _coalesced(pieces: List[Piece]):

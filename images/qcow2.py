@@ -18,6 +18,7 @@ from .qcow2_format import (HEADER_STRUCT, MAX_BACKING_NAME, MAX_CLUSTER_BITS,
                            QCOW2_INCOMPAT_DIRTY, QCOW2_COMPRESSED_SECTOR_SIZE,
                            MAX_VIRTUAL_SIZE, Qcow2Header, feature_table, image_error, new_header,
                            pack_header_area, parse_header)
+from .qcow2_overlap import MetadataIndex
 from .qcow2_refcount import RefcountManager
 from .qcow2_tables import COMPRESSED, AddressMap, HostFile, merged
 from .qcow2_writer import Qcow2Writer
@@ -75,6 +76,7 @@ class Qcow2Image(Qcow2Writer, BlockImage):
         self.refcounts = RefcountManager(
             self.io, self.path, header.cluster_bits, header.refcount_order,
             header.refcount_table_offset, header.refcount_table_clusters, file_size, reserved)
+        self.overlap = MetadataIndex(self.path, self.map, self.refcounts)
 
     def _check_can_write(self) -> None:
         h = self.header

@@ -94,6 +94,7 @@ class RefcountManager:
         self.table = be_array(io.pread(table_clusters * self.cluster_size, table_offset)
                               .ljust(table_clusters * self.cluster_size, b"\0"))
         self.blocks = OrderedDict()      # block offset -> bytearray, LRU
+        self.generation = 0              # bumped whenever the table's block list changes
         end = max(file_size, reserved_end)
         self.free_index = -(-end // self.cluster_size)
 
@@ -231,6 +232,7 @@ class RefcountManager:
             self.codec.set_range(block, cluster % self.entries_per_block, [1])
         self.io.pwrite(bytes(block), offset)
         self.table[index] = offset
+        self.generation += 1
         self.io.pwrite(struct.pack(">Q", offset), self.table_offset + index * 8)
         if not self_counted:
             self.update(offset, 1, +1)
@@ -289,4 +291,5 @@ class RefcountManager:
                        REFCOUNT_TABLE_FIELDS_OFFSET)
         old_offset, old_clusters = self.table_offset, self.table_clusters
         self.table, self.table_offset, self.table_clusters = table, offset, clusters
+        self.generation += 1
         self.update(old_offset, old_clusters << self.cluster_bits, -1)

@@ -5,7 +5,9 @@ get one contiguous host run, data goes out in one pwrite per contiguous run, the
 refcounts of the run are updated per refcount block, and the L2 table gets one
 pwrite of the changed slice.  Order on disk (so a kill leaves at worst leaks):
 data, then refcounts, then L2, then L1; frees clear the L2 entry before the
-refcount is decremented.
+refcount is decremented.  A write is planned whole before any byte goes out: the
+plan runs the metadata-overlap checks (qcow2_overlap) on every in-place host run and
+every L2 table reached through L1, so a refused write leaves the file unchanged.
 """
 from .qcow2_format import (AUTOCLEAR_FEATURES_OFFSET, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED,
                            QCOW_OFLAG_COPIED, QCOW_OFLAG_ZERO, QCOW2_COMPRESSED_SECTOR_SIZE,
@@ -22,6 +24,7 @@ class Qcow2Writer:
             raise image_error(self.path, "image is closed", None)
         if self.read_only:
             raise image_error(self.path, "image is opened read-only", None)
+        self.overlap.refresh()
         if self.header.autoclear_features:
             # Spec: a writer that does not understand autoclear bits must clear them.
             self.io.pwrite(bytes(8), AUTOCLEAR_FEATURES_OFFSET)
@@ -45,8 +48,18 @@ class Qcow2Writer:
             self._check_writable()
             view = memoryview(data).cast("B")
             self._check_range(offset, len(view))
-            for l1_index, start, end in self._segments(offset, len(view)):
-                self._write_segment(l1_index, start, view[start - offset:end - offset])
+            self._execute(self._plan_write(offset, len(view)), offset, view)
+
+    def _plan_write(self, offset: int, length: int) -> list:
+        """Plan every L2 table's part of a write and run the overlap checks: all of it
+        before anything is written, so a refusal leaves the file unchanged."""
+        return [self._plan_segment(l1_index, start, end)
+                for l1_index, start, end in self._segments(offset, length)]
+
+    def _execute(self, plans: list, offset: int, view: memoryview) -> None:
+        for plan in plans:
+            start, end = plan[1], plan[2]
+            self._write_segment(plan, view[start - offset:end - offset])
 
     def _owned(self, entry: int) -> bool:
         """True when the entry is a plain data cluster this image alone references."""
@@ -56,34 +69,23 @@ class Qcow2Writer:
             return True
         return self.refcounts.get((entry & L2E_OFFSET_MASK) >> self.map.cluster_bits) == 1
 
-    def _write_segment(self, l1_index: int, start: int, data: memoryview) -> None:
+    def _check_l2_target(self, l1_index: int, guest: int) -> None:
+        """Refuse an L1 entry whose L2 table lies on other metadata."""
+        l2 = self.map.l2_offset(l1_index) if l1_index < len(self.map.l1) else 0
+        if l2:
+            self.overlap.check(l2, self.cluster_size, guest, l2_update=True)
+
+    def _plan_segment(self, l1_index: int, start: int, end: int) -> tuple:
+        """(l1_index, start, end, entries, owned, in-place runs (host, lo, hi)), checked."""
         bits, csize = self.map.cluster_bits, self.cluster_size
+        self._check_l2_target(l1_index, start)
         first = (start >> bits) & (self.map.l2_entries - 1)
-        count = ((start + len(data) - 1) >> bits) - (start >> bits) + 1
+        count = ((end - 1) >> bits) - (start >> bits) + 1
         entries = self.map.entries(l1_index, first, count)
         owned = [self._owned(e) for e in entries]
         limit = self.refcounts.free_index << bits
-        for entry, mine in zip(entries, owned):
-            if mine and entry & L2E_OFFSET_MASK >= limit:
-                raise image_error(self.path, "data cluster offset %#x past the end of the "
-                                  "file" % (entry & L2E_OFFSET_MASK), entry)
         base = start & ~(csize - 1)              # guest offset of cluster ``first``
-        self._write_in_place(entries, owned, start, data, base)
-        fresh = [i for i in range(count) if not owned[i]]
-        if not fresh:
-            return
-        host = self.refcounts.reserve(len(fresh))
-        self._write_allocated(fresh, host, start, data, base)
-        values = list(entries[fresh[0]:fresh[-1] + 1])
-        for n, i in enumerate(fresh):
-            values[i - fresh[0]] = (host + n * csize) | QCOW_OFLAG_COPIED
-        self._install(l1_index, first + fresh[0], values, (host, len(fresh) * csize))
-        for i in fresh:
-            self._free_entry(entries[i])
-
-    def _write_in_place(self, entries, owned, start, data, base) -> None:
-        csize = self.cluster_size
-        i, count = 0, len(entries)
+        runs, i = [], 0
         while i < count:
             if not owned[i]:
                 i += 1
@@ -92,11 +94,35 @@ class Qcow2Writer:
             while j < count and owned[j] and \
                     entries[j] & L2E_OFFSET_MASK == (entries[j - 1] & L2E_OFFSET_MASK) + csize:
                 j += 1
-            lo = max(start, base + i * csize)
-            hi = min(start + len(data), base + j * csize)
+            lo, hi = max(start, base + i * csize), min(end, base + j * csize)
             host = (entries[i] & L2E_OFFSET_MASK) + lo - (base + i * csize)
-            self.io.pwrite(data[lo - start:hi - start], host)
+            if (entries[j - 1] & L2E_OFFSET_MASK) >= limit:
+                bad = next(e for e in entries[i:j] if e & L2E_OFFSET_MASK >= limit)
+                raise image_error(self.path, "data cluster offset %#x past the end of the "
+                                  "file" % (bad & L2E_OFFSET_MASK), bad)
+            self.overlap.check(host, hi - lo, lo)   # one check per contiguous host run
+            runs.append((host, lo, hi))
             i = j
+        return l1_index, start, end, entries, owned, runs
+
+    def _write_segment(self, plan: tuple, data: memoryview) -> None:
+        l1_index, start, _, entries, owned, runs = plan
+        bits, csize = self.map.cluster_bits, self.cluster_size
+        first = (start >> bits) & (self.map.l2_entries - 1)
+        for host, lo, hi in runs:
+            self.io.pwrite(data[lo - start:hi - start], host)
+        fresh = [i for i in range(len(entries)) if not owned[i]]
+        if not fresh:
+            return
+        base = start & ~(csize - 1)
+        host = self.refcounts.reserve(len(fresh))
+        self._write_allocated(fresh, host, start, data, base)
+        values = list(entries[fresh[0]:fresh[-1] + 1])
+        for n, i in enumerate(fresh):
+            values[i - fresh[0]] = (host + n * csize) | QCOW_OFLAG_COPIED
+        self._install(l1_index, first + fresh[0], values, (host, len(fresh) * csize))
+        for i in fresh:
+            self._free_entry(entries[i])
 
     def _write_allocated(self, fresh, host, start, data, base) -> None:
         """Write the new clusters, filling partly written ones from the old content."""
@@ -125,6 +151,9 @@ class Qcow2Writer:
         """Point L2 entries at new values: refcounts of ``new_run`` first, then L2, then L1."""
         l2 = self.map.l2_offset(l1_index)
         if l2:
+            self.overlap.check(l2, self.cluster_size, (l1_index * self.map.l2_span
+                                                       + (first << self.map.cluster_bits)),
+                               l2_update=True)
             if new_run:
                 self.refcounts.update(new_run[0], new_run[1], +1)
             self.map.set_entries(l1_index, first, values)
@@ -139,6 +168,7 @@ class Qcow2Writer:
         self.refcounts.update(l2, self.cluster_size, +1)
         self.map.cache_l2(l2, table)
         self.map.set_l1(l1_index, l2 | QCOW_OFLAG_COPIED)
+        self.overlap.added_l2(l2)
 
     def _free_entry(self, entry: int) -> None:
         """Drop this image's reference to the host cluster(s) behind an old L2 entry."""
@@ -159,8 +189,14 @@ class Qcow2Writer:
             self._check_writable()
             self._check_range(offset, length)
             lo, hi = self._aligned_part(offset, length)
-            self._write_explicit_zeros(offset, lo - offset)
-            self._write_explicit_zeros(hi, offset + length - hi)
+            head = self._plan_write(offset, lo - offset)
+            if hi > lo and self.header.version < 3 and self._has_backing():
+                self._plan_write(lo, hi - lo)      # checks only: chunks are planned anew
+            else:
+                self._check_l2_targets(lo, hi - lo)
+            tail = self._plan_write(hi, offset + length - hi)
+            self._execute(head, offset, memoryview(bytes(lo - offset)))
+            self._execute(tail, hi, memoryview(bytes(offset + length - hi)))
             if hi <= lo:
                 return
             if self.header.version >= 3:
@@ -178,6 +214,7 @@ class Qcow2Writer:
             self._check_range(offset, length)
             lo, hi = self._aligned_part(offset, length)
             if hi > lo:
+                self._check_l2_targets(lo, hi - lo)
                 new = QCOW_OFLAG_ZERO if self.header.version >= 3 and self._has_backing() else 0
                 self._set_clusters(lo, hi - lo, new)
 
@@ -190,6 +227,10 @@ class Qcow2Writer:
         if hi < lo:
             return end, end
         return min(lo, end), hi
+
+    def _check_l2_targets(self, offset: int, length: int) -> None:
+        for l1_index, start, _ in self._segments(offset, length):
+            self._check_l2_target(l1_index, start)
 
     def _write_explicit_zeros(self, offset: int, length: int) -> None:
         for pos in range(offset, offset + length, ZERO_CHUNK):
