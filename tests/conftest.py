@@ -36,6 +36,23 @@ def run(*argv, check=True, **kw):
     return subprocess.run(list(argv), check=check, capture_output=True, text=True, **kw)
 
 
+def connect_when_listening(sock_path, deadline):
+    """A unix socket's file appears at bind(), a moment before listen(): retry
+    missing files and refusals until ``deadline`` (a time.monotonic() value)."""
+    import socket
+    import time
+    while True:
+        client = socket.socket(socket.AF_UNIX)
+        client.settimeout(30)
+        try:
+            client.connect(sock_path)
+            return client
+        except (FileNotFoundError, ConnectionRefusedError):
+            client.close()
+            assert time.monotonic() < deadline, "the socket %s never accepted a connection" % sock_path
+            time.sleep(0.05)
+
+
 @pytest.fixture
 def qemu_img():
     require_qemu()

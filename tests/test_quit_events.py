@@ -1,26 +1,12 @@
 """Leaving blockmon over QMP: the reply, QEMU's SHUTDOWN event, then the cancelled jobs' events."""
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
-from tests.conftest import ROOT
+from tests.conftest import ROOT, connect_when_listening
 from tests.oracle import check_clean, info
-
-
-def connect(path, deadline):
-    while True:
-        client = socket.socket(socket.AF_UNIX)
-        client.settimeout(30)
-        try:
-            client.connect(path)
-            return client
-        except (FileNotFoundError, ConnectionRefusedError):
-            client.close()
-            assert time.monotonic() < deadline, "the QMP socket never accepted a connection"
-            time.sleep(0.05)
 
 
 def test_quit_sends_shutdown_then_the_cancelled_job_events(chain_copy, tmp_path):
@@ -30,7 +16,7 @@ def test_quit_sends_shutdown_then_the_cancelled_job_events(chain_copy, tmp_path)
                              "-qmp", "unix:%s,server=on,wait=off" % sock],
                             cwd=ROOT, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        client = connect(sock, time.monotonic() + 30)
+        client = connect_when_listening(sock, time.monotonic() + 30)
         reader = client.makefile("r")
         assert "QMP" in json.loads(reader.readline())
 

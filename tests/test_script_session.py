@@ -13,6 +13,7 @@ import pytest
 
 from monitor.script import ScriptSession
 from test_repl_fakes import FakeCore, FakeInterpreter
+from tests.conftest import connect_when_listening
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -163,22 +164,6 @@ def test_the_real_interpreter_calls_the_console_handlers():
     assert lines[4:] == ["(qemu) sleep 1.5", "(qemu) info block-jobs", "No active jobs",
                          "(qemu) frobnicate", "unknown command: 'frobnicate'"]
     assert slept == [1.5] and status == 1
-
-
-def connect_when_listening(sock_path, deadline):
-    """The socket file appears at bind(), a moment before listen(): retry refusals until the deadline."""
-    import socket
-    import time
-    while True:
-        client = socket.socket(socket.AF_UNIX)
-        client.settimeout(30)
-        try:
-            client.connect(sock_path)
-            return client
-        except ConnectionRefusedError:
-            client.close()
-            assert time.monotonic() < deadline, "the QMP socket never accepted a connection"
-            time.sleep(0.05)
 
 
 def test_with_a_qmp_server_the_session_keeps_serving_until_quit(demo_dir, tmp_path):
