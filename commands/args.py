@@ -9,7 +9,8 @@ completes a prefix from a context's candidate lists.
 
 Deliberately stricter than QEMU, each case one error line: control characters,
 unbalanced quotes, text glued to a closing quote, sizes glued to text.  Flags may
-be clustered (``-nv``) but must come before the positional arguments.
+be clustered (``-nv``) but must come before the positional arguments; as in QEMU,
+each flag is read once, so a repeated ``-f`` is a positional word.
 """
 import functools
 import math
@@ -164,11 +165,14 @@ class Kind:
     def parse(self, cursor: Cursor, command: str):
         return cursor.read_word(command)[0]
 
-    def complete(self, prefix: str, context, source: str = "") -> List[str]:
+    def complete(self, prefix: str, context, source: str = "",
+                 typed: Optional[Dict[str, str]] = None) -> List[str]:
+        """Candidates for ``prefix``; ``typed`` holds the words already typed, by spec name."""
         source = source or self.source
         if not source or context is None:
             return []
-        return sorted(c for c in set(context.candidates(source, prefix)) if c.startswith(prefix))
+        found = context.candidates(source, prefix, typed or {})
+        return sorted(c for c in set(found) if c.startswith(prefix))
 
 
 class DeviceKind(Kind):
@@ -287,18 +291,23 @@ def parse_arguments(command: str, args_type: str, text: str,
 
 
 def _parse_flags(cursor: Cursor, specs, start: int, values: dict, command: str) -> None:
-    """Consume ``-x`` words (clusters allowed) for the run of flag specs at ``start``."""
+    """Consume ``-x`` words (clusters allowed) for the run of flag specs at ``start``.
+
+    As QEMU's monitor_parse_arguments, each flag spec looks at one word: at most
+    as many words as there are flags are read as flags, each flag once.  A word
+    past that (``block_job_cancel -f -f``) is left for the positional arguments.
+    """
     flags = {}
     for spec in specs[start:]:
         if not spec.is_flag:
             break
         flags[spec.kind.flag] = spec.name
-    while not cursor.at_end():
+    for _turn in range(len(flags)):
         word = cursor.peek_word()
         if not word.startswith("-") or word == "-":
             break
         for letter in word[1:]:
-            if letter not in flags:
+            if letter not in flags or flags[letter] in values:
                 raise ParseError("%s: unsupported option -%s" % (command, letter))
             values[flags[letter]] = True
         cursor.pos += len(word)
@@ -307,25 +316,54 @@ def _parse_flags(cursor: Cursor, specs, start: int, values: dict, command: str) 
 # -- completion --------------------------------------------------------------------------
 def argument_at(args_type: str, text: str) -> Tuple[Optional[ArgSpec], str]:
     """Which argument the last (possibly empty) word of ``text`` would fill, and that word."""
+    spec, prefix, _typed = _position(args_type, text)
+    return spec, prefix
+
+
+def typed_arguments(args_type: str, text: str) -> Dict[str, str]:
+    """The words before the last one of ``text``, by the name of the argument each fills."""
+    return _position(args_type, text)[2]
+
+
+def _position(args_type: str, text: str):
     specs = [s for s in compile_args(args_type) if not s.is_flag]
     flags = [s for s in compile_args(args_type) if s.is_flag]
     words = text.split()
     if text[-1:] in _SPACE or not words:
         words.append("")
     prefix = words[-1]
+    positional = [w for w in words[:-1] if not (flags and w.startswith("-"))]
+    typed = {spec.name: word for spec, word in zip(specs, positional)}
     if flags and prefix.startswith("-"):
-        return flags[0], prefix
-    position = len([w for w in words[:-1] if not (flags and w.startswith("-"))])
-    if position < len(specs):
-        return specs[position], prefix
-    return None, prefix
+        return flags[0], prefix, typed
+    if len(positional) < len(specs):
+        return specs[len(positional)], prefix, typed
+    return None, prefix, typed
+
+
+def backing_candidates(core, device: Optional[str]) -> List[str]:
+    """What names a base of ``device``: every image strictly below its active image,
+    by node name and by the backing name its overlay stores (what ``find_base`` takes)."""
+    from images.chain import chain_of
+    from .errors import CommandError
+    if not device:
+        return []
+    try:
+        chain = chain_of(core.active_image(device))
+    except CommandError:
+        return []
+    names = []
+    for overlay, image in zip(chain, chain[1:]):
+        names += [name for name in (image.node_name, overlay.backing_name) if name]
+    return list(dict.fromkeys(names))
 
 
 class CompletionContext:
     """Candidate lists for the completer, read live from a core (see CORE_API.md).
 
     Sources: devices, nodes, devices+nodes, jobs, files, formats, commands, info,
-    qemu-io.  Any method a test wants different can be overridden.
+    qemu-io, and backing (the images below the typed ``device``: a stream's base).
+    Any method a test wants different can be overridden.
     """
 
     FORMATS = ("qcow2", "raw")
@@ -334,10 +372,12 @@ class CompletionContext:
     def __init__(self, core=None):
         self.core = core
 
-    def candidates(self, source: str, prefix: str) -> List[str]:
+    def candidates(self, source: str, prefix: str, typed: Optional[Dict[str, str]] = None) -> List[str]:
         from .table import HMP_COMMANDS, INFO_COMMANDS, command_words
         if source == "files":
             return self.paths(prefix)
+        if source == "backing":
+            return backing_candidates(self.core, (typed or {}).get("device"))
         fixed = {"formats": self.FORMATS, "qemu-io": self.QEMU_IO,
                  "commands": command_words(HMP_COMMANDS), "info": command_words(INFO_COMMANDS)}
         if source in fixed:
@@ -388,4 +428,4 @@ def complete_line(line: str, context) -> Tuple[str, List[str]]:
     name = command.word_fallback.get(spec.name, spec.name) if not looks_numeric(prefix) else spec.name
     source = command.complete.get(name, "")
     kind = spec.kind if name == spec.name else StringKind()
-    return prefix, kind.complete(prefix, context, source)
+    return prefix, kind.complete(prefix, context, source, typed_arguments(command.args_type, rest))

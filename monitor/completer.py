@@ -5,15 +5,16 @@ The first word completes to command names and aliases (``commands.table``);
 ``commands.args``) says which spec the word fills; the entry's ``complete`` map
 (or the kind's default) names a candidate source, and the kind completes the
 prefix from this module's ``CompletionContext``: device and node names, job ids,
-file paths, formats, qemu-io commands, read live from the core.
+file paths, formats, qemu-io commands, read live from the core.  The ``backing``
+source (a stream's base) depends on the device already typed on the line.
 """
 import os
-from typing import Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.document import Document
 
-from commands.args import argument_at, compile_args
+from commands.args import argument_at, backing_candidates, compile_args, typed_arguments
 from commands.table import HMP_COMMANDS, command_words, find_command
 
 FORMATS = ("qcow2", "raw")
@@ -48,13 +49,15 @@ class CompletionContext:
         self._core = core
         self._table = table
 
-    def candidates(self, source: str, prefix: str) -> List[str]:
+    def candidates(self, source: str, prefix: str, typed: Optional[Dict[str, str]] = None) -> List[str]:
         result = []
         for part in source.split("+"):
-            result += self._one_source(part, prefix)
+            result += self._one_source(part, prefix, typed or {})
         return result
 
-    def _one_source(self, source: str, prefix: str) -> List[str]:
+    def _one_source(self, source: str, prefix: str, typed: Dict[str, str]) -> List[str]:
+        if source == "backing":          # a stream's base: only below the typed device's top
+            return backing_candidates(self._core, typed.get("device"))
         if source == "devices":
             return self._core.device_names()
         if source == "nodes":
@@ -111,10 +114,11 @@ class HmpCompleter(Completer):
             flags = ["-" + s.kind.flag for s in _flag_specs(command)]
             return self._matching(flags, prefix)
         source = command.complete.get(spec.name, "")
-        words = spec.kind.complete(prefix, self._context, source)
+        typed = typed_arguments(command.args_type, text)
+        words = spec.kind.complete(prefix, self._context, source, typed)
         fallback = command.word_fallback.get(spec.name)
         if fallback:
-            words += spec.kind.complete(prefix, self._context, command.complete.get(fallback, ""))
+            words += spec.kind.complete(prefix, self._context, command.complete.get(fallback, ""), typed)
         return [(word, prefix) for word in dict.fromkeys(words)]
 
     @staticmethod
