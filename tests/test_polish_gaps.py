@@ -111,3 +111,18 @@ def test_toolbar_shows_no_rate_or_eta_as_soon_as_a_job_pauses():
     now[0] = 11.0
     core.advance("virtio0", 4 * MIB)
     assert re.search(r" 4\.0 MiB/s +ETA 0:00:13 ", line())
+
+
+# -- 2. qemu-io -v: the hex dump, through the console -------------------------------------
+def test_qemu_io_read_v_through_the_monitor(two_chains):
+    core, _tmp = two_chains
+    hmp = HmpInterpreter(core)
+    assert hmp.run_line('qemu-io virtio0 "write -P 0x41 16 20"').ok
+    result = hmp.run_line('qemu-io virtio0 "read -v 0 40"')
+    assert result.output == (
+        "00000000:  00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00  ................\n"
+        "00000010:  41 41 41 41 41 41 41 41 41 41 41 41 41 41 41 41  AAAAAAAAAAAAAAAA\n"
+        "00000020:  41 41 41 41 00 00 00 00  AAAA....\n"
+        "read 40/40 bytes at offset 0\n")
+    assert result.ok
+    assert hmp.run_line('qemu-io virtio0 "read -v 0 512"').output.count("\n") == 32 + 1
