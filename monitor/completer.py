@@ -2,7 +2,7 @@
 
 The first word completes to command names and aliases (``commands.table``);
 ``info``'s word to the info subcommands.  For an argument, ``argument_at`` (in
-``commands.args``) says which spec the word fills; the entry's ``complete`` map
+``commands.completion``) says which spec the word fills; the entry's ``complete`` map
 (or the kind's default) names a candidate source, and the kind completes the
 prefix from this module's ``CompletionContext``: device and node names, job ids,
 file paths, formats, qemu-io commands, read live from the core.  The ``backing``
@@ -14,7 +14,8 @@ from typing import Dict, Iterable, List, Optional
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.document import Document
 
-from commands.args import argument_at, backing_candidates, compile_args, typed_arguments
+from commands.args import compile_args
+from commands.completion import argument_at, backing_candidates, taken_by_fallback, typed_arguments
 from commands.table import HMP_COMMANDS, command_words, find_command
 
 FORMATS = ("qcow2", "raw")
@@ -108,13 +109,13 @@ class HmpCompleter(Completer):
 
     def _complete_args(self, command, text: str) -> List[tuple]:
         spec, prefix = argument_at(command.args_type, text)
-        if spec is None:
+        typed = typed_arguments(command.args_type, text)
+        if spec is None or taken_by_fallback(command.word_fallback, spec.name, typed):
             return []
         if spec.is_flag:
             flags = ["-" + s.kind.flag for s in _flag_specs(command)]
             return self._matching(flags, prefix)
         source = command.complete.get(spec.name, "")
-        typed = typed_arguments(command.args_type, text)
         words = spec.kind.complete(prefix, self._context, source, typed)
         fallback = command.word_fallback.get(spec.name)
         if fallback:

@@ -3,7 +3,7 @@ import os
 
 import pytest
 
-from commands.args import CompletionContext, complete_line
+from commands.completion import CompletionContext, complete_line
 
 
 class Core:

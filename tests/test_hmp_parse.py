@@ -2,8 +2,9 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from commands.args import (INT64_MAX, Cursor, ParseError, argument_at, compile_args,
-                           parse_arguments, parse_seconds, parse_size)
+from commands.args import (INT64_MAX, Cursor, ParseError, compile_args, parse_arguments,
+                           parse_seconds, parse_size)
+from commands.completion import argument_at
 
 MiB = 1 << 20
 

@@ -1,11 +1,9 @@
 """Known gaps closed after the audits: base completion, qemu-io -v, repeated flags,
 the paused toolbar, and QMP resynchronisation after an oversized message."""
-import os
-
 import pytest
 from prompt_toolkit.document import Document
 
-from commands.args import CompletionContext, complete_line
+from commands.completion import CompletionContext, complete_line
 from commands.core import BlockCore
 from commands.hmp import HmpInterpreter
 from images.qcow2 import create_qcow2
@@ -45,6 +43,10 @@ def test_stream_base_offers_only_images_below_the_typed_device(two_chains):
     assert console_completions(core, "block_stream virtio0 10M B") == ["B", "B.qcow2"]
     below_disk = ["base", str(tmp_path / "base.qcow2")]
     assert sorted(console_completions(core, "block_stream ide0-hd0 0 ")) == sorted(below_disk)
+    # "A" already is the base (the seed's form): nothing more to offer.
+    assert console_completions(core, "block_stream virtio0 A ") == []
+    assert complete_line("block_stream virtio0 A ", CompletionContext(core)) == ("", [])
+    assert sorted(console_completions(core, "block_stream virtio0 1M ")) == below_d
     # By node name: the chain below node C.
     assert sorted(console_completions(core, "block_stream C 0 ")) == ["A", "A.qcow2", "B", "B.qcow2"]
 
