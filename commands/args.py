@@ -9,7 +9,8 @@ completes a prefix from a context's candidate lists.
 
 Deliberately stricter than QEMU, each case one error line: control characters,
 unbalanced quotes, text glued to a closing quote, sizes glued to text.  Flags may
-be clustered (``-nv``) but must come before the positional arguments.
+be clustered (``-nv``) but must come before the positional arguments; as in QEMU,
+each flag is read once, so a repeated ``-f`` is a positional word.
 """
 import functools
 import math
@@ -164,11 +165,14 @@ class Kind:
     def parse(self, cursor: Cursor, command: str):
         return cursor.read_word(command)[0]
 
-    def complete(self, prefix: str, context, source: str = "") -> List[str]:
+    def complete(self, prefix: str, context, source: str = "",
+                 typed: Optional[Dict[str, str]] = None) -> List[str]:
+        """Candidates for ``prefix``; ``typed`` holds the words already typed, by spec name."""
         source = source or self.source
         if not source or context is None:
             return []
-        return sorted(c for c in set(context.candidates(source, prefix)) if c.startswith(prefix))
+        found = context.candidates(source, prefix, typed or {})
+        return sorted(c for c in set(found) if c.startswith(prefix))
 
 
 class DeviceKind(Kind):
@@ -287,105 +291,23 @@ def parse_arguments(command: str, args_type: str, text: str,
 
 
 def _parse_flags(cursor: Cursor, specs, start: int, values: dict, command: str) -> None:
-    """Consume ``-x`` words (clusters allowed) for the run of flag specs at ``start``."""
+    """Consume ``-x`` words (clusters allowed) for the run of flag specs at ``start``.
+
+    As QEMU's monitor_parse_arguments, each flag spec looks at one word: at most
+    as many words as there are flags are read as flags, each flag once.  A word
+    past that (``block_job_cancel -f -f``) is left for the positional arguments.
+    """
     flags = {}
     for spec in specs[start:]:
         if not spec.is_flag:
             break
         flags[spec.kind.flag] = spec.name
-    while not cursor.at_end():
+    for _turn in range(len(flags)):
         word = cursor.peek_word()
         if not word.startswith("-") or word == "-":
             break
         for letter in word[1:]:
-            if letter not in flags:
+            if letter not in flags or flags[letter] in values:
                 raise ParseError("%s: unsupported option -%s" % (command, letter))
             values[flags[letter]] = True
         cursor.pos += len(word)
-
-
-# -- completion --------------------------------------------------------------------------
-def argument_at(args_type: str, text: str) -> Tuple[Optional[ArgSpec], str]:
-    """Which argument the last (possibly empty) word of ``text`` would fill, and that word."""
-    specs = [s for s in compile_args(args_type) if not s.is_flag]
-    flags = [s for s in compile_args(args_type) if s.is_flag]
-    words = text.split()
-    if text[-1:] in _SPACE or not words:
-        words.append("")
-    prefix = words[-1]
-    if flags and prefix.startswith("-"):
-        return flags[0], prefix
-    position = len([w for w in words[:-1] if not (flags and w.startswith("-"))])
-    if position < len(specs):
-        return specs[position], prefix
-    return None, prefix
-
-
-class CompletionContext:
-    """Candidate lists for the completer, read live from a core (see CORE_API.md).
-
-    Sources: devices, nodes, devices+nodes, jobs, files, formats, commands, info,
-    qemu-io.  Any method a test wants different can be overridden.
-    """
-
-    FORMATS = ("qcow2", "raw")
-    QEMU_IO = ("read", "write", "discard", "map", "alloc")
-
-    def __init__(self, core=None):
-        self.core = core
-
-    def candidates(self, source: str, prefix: str) -> List[str]:
-        from .table import HMP_COMMANDS, INFO_COMMANDS, command_words
-        if source == "files":
-            return self.paths(prefix)
-        fixed = {"formats": self.FORMATS, "qemu-io": self.QEMU_IO,
-                 "commands": command_words(HMP_COMMANDS), "info": command_words(INFO_COMMANDS)}
-        if source in fixed:
-            return list(fixed[source])
-        if self.core is None:
-            return []
-        lists = {"devices": self.core.device_names, "nodes": self.core.node_names,
-                 "jobs": self.core.job_ids}
-        return [name for part in source.split("+") if part in lists for name in lists[part]()]
-
-    @staticmethod
-    def paths(prefix: str) -> List[str]:
-        import os
-        directory, _base = os.path.split(prefix)
-        try:
-            entries = os.listdir(os.path.expanduser(directory) or ".")
-        except OSError:
-            return []
-        full = [os.path.join(directory, entry) for entry in entries]
-        return [p + "/" if os.path.isdir(os.path.expanduser(p)) else p for p in full]
-
-
-def complete_line(line: str, context) -> Tuple[str, List[str]]:
-    """The word being typed at the end of ``line`` and its completions, from the table."""
-    from .table import HMP_COMMANDS, command_words, find_command
-    words = line.split()
-    if len(words) <= 1 and not line[-1:].isspace():
-        prefix = words[0] if words else ""
-        return prefix, sorted(w for w in command_words(HMP_COMMANDS) if w.startswith(prefix))
-    command = find_command(words[0])
-    if command is None:
-        return "", []
-    rest = line.lstrip(_SPACE)[len(words[0]):]
-    if command.sub_table is not None:
-        if len(words) == 1 or (len(words) == 2 and not line[-1:].isspace()):
-            prefix = words[1] if len(words) == 2 else ""
-            return prefix, sorted(w for w in command_words(command.sub_table) if w.startswith(prefix))
-        command = find_command(words[1], command.sub_table)
-        if command is None:
-            return "", []
-        rest = rest.lstrip(_SPACE)[len(words[1]):]
-    spec, prefix = argument_at(command.args_type, rest)
-    if spec is None:
-        return prefix, []
-    if spec.is_flag:
-        flags = ["-" + s.kind.flag for s in compile_args(command.args_type) if s.is_flag]
-        return prefix, [f for f in flags if f.startswith(prefix)]
-    name = command.word_fallback.get(spec.name, spec.name) if not looks_numeric(prefix) else spec.name
-    source = command.complete.get(name, "")
-    kind = spec.kind if name == spec.name else StringKind()
-    return prefix, kind.complete(prefix, context, source)

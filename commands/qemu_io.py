@@ -1,9 +1,11 @@
 """The guest path: a subset of qemu-io's commands run in-process on a BlockImage.
 
-``run_qemu_io(image, command) -> (output, ok)``.  Commands: ``read [-P pattern]
-off len``, ``write [-P pattern] [-z] off len``, ``discard off len``, ``map``,
-``alloc off [len]`` (and qemu-io's short names r, w, d).  Output lines copy
-qemu-io 7.2 (qemu-io-cmds.c), checked against the real tool.  One deliberate
+``run_qemu_io(image, command) -> (output, ok)``.  Commands: ``read [-qv] [-P
+pattern] off len``, ``write [-qz] [-P pattern] off len``, ``discard [-q] off len``,
+``map``, ``alloc off [len]`` (and qemu-io's short names r, w, d); ``-v`` dumps the
+bytes read, ``-q`` prints nothing but errors.  The usage lines name only these
+options (qemu-io's also name -a -b -C -c -f -n -s -l, which we do not implement).
+Output lines copy qemu-io 7.2 (qemu-io-cmds.c), checked against the real tool.  One deliberate
 difference: qemu-io follows each read/write/discard line with a timing line
 (``64 KiB, 1 ops; 00.00 sec (38.298 MiB/sec and 612.7661 ops/sec)``); we leave it
 out because it changes from run to run and would make transcripts unrepeatable
@@ -21,16 +23,15 @@ SECTOR = 512
 INT64_MAX = (1 << 63) - 1
 
 _USAGE = {
-    "read": "read [-abCqv] [-P pattern [-s off] [-l len]] off len -- "
-            "reads a number of bytes at a specified offset",
-    "write": "write [-bcCfnquz] [-P pattern | -s source_file] off len -- "
-             "writes a number of bytes at a specified offset",
-    "discard": "discard [-Cq] off len -- discards a number of bytes at a specified offset",
+    "read": "read [-qv] [-P pattern] off len -- reads a number of bytes at a specified offset",
+    "write": "write [-qz] [-P pattern] off len -- writes a number of bytes at a specified offset",
+    "discard": "discard [-q] off len -- discards a number of bytes at a specified offset",
     "map": "map  -- prints the allocated areas of a file",
     "alloc": "alloc offset [count] -- checks if offset is allocated in the file",
 }
 _ARGC = {"read": (2, -1), "write": (2, -1), "discard": (2, -1), "map": (0, 0), "alloc": (1, 2)}
-_FLAGS = {"read": {"P": True}, "write": {"P": True, "z": False}, "discard": {},
+_FLAGS = {"read": {"P": True, "q": False, "v": False},
+          "write": {"P": True, "q": False, "z": False}, "discard": {"q": False},
           "map": {}, "alloc": {}}
 _ALIASES = {"r": "read", "w": "write", "d": "discard"}
 
@@ -166,7 +167,22 @@ def _read(image, options, words):
     out, ok = "", True
     if pattern is not None and data != bytes([pattern]) * length:
         out, ok = "Pattern verification failed at offset %d, %d bytes\n" % (offset, length), False
+    if "q" in options:
+        return out, ok
+    if "v" in options:
+        out += hex_dump(data, offset)
     return out + "read %d/%d bytes at offset %d\n" % (length, length, offset), ok
+
+
+def hex_dump(data: bytes, offset: int) -> str:
+    """qemu-io's dump_buffer: 16 bytes a line, offset, hex, then letters and digits
+    as themselves and every other byte as "." (C isalnum); a short last line unpadded."""
+    lines = []
+    for start in range(0, len(data), 16):
+        row = data[start:start + 16]
+        text = "".join(chr(b) if chr(b).isascii() and chr(b).isalnum() else "." for b in row)
+        lines.append("%08x:  %s %s\n" % (offset + start, "".join("%02x " % b for b in row), text))
+    return "".join(lines)
 
 
 def _write(image, options, words):
@@ -180,6 +196,8 @@ def _write(image, options, words):
         _io("write", image.write_zeroes, offset, length)
     else:
         _io("write", image.write, offset, bytes([pattern]) * length)
+    if "q" in options:
+        return "", True
     return "wrote %d/%d bytes at offset %d\n" % (length, length, offset), True
 
 
@@ -188,6 +206,8 @@ def _discard(image, options, words):
         raise QemuIoError(_USAGE["discard"] + "\n")
     offset, length = _offset_and_length(image, words, "discard")
     _io("discard", image.discard, offset, length)
+    if "q" in options:
+        return "", True
     return "discard %d/%d bytes at offset %d\n" % (length, length, offset), True
 
 

@@ -62,7 +62,7 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
     HmpCommand("quit|q", "", "", "quit the emulator", qmp="quit"),
     HmpCommand("block_stream", "device:B,speed:o?,base:s?", "device [speed [base]]",
                "copy data from a backing file into a block device", qmp="block-stream",
-               complete={"base": "nodes"}, word_fallback={"speed": "base"}),
+               complete={"base": "backing"}, word_fallback={"speed": "base"}),
     HmpCommand("block_job_set_speed", "device:B,speed:o", "device speed",
                "set maximum speed for a background block operation",
                qmp="block-job-set-speed", complete=_JOB_DEVICE),

@@ -2,18 +2,20 @@
 
 The first word completes to command names and aliases (``commands.table``);
 ``info``'s word to the info subcommands.  For an argument, ``argument_at`` (in
-``commands.args``) says which spec the word fills; the entry's ``complete`` map
+``commands.completion``) says which spec the word fills; the entry's ``complete`` map
 (or the kind's default) names a candidate source, and the kind completes the
 prefix from this module's ``CompletionContext``: device and node names, job ids,
-file paths, formats, qemu-io commands, read live from the core.
+file paths, formats, qemu-io commands, read live from the core.  The ``backing``
+source (a stream's base) depends on the device already typed on the line.
 """
 import os
-from typing import Iterable, List
+from typing import Dict, Iterable, List, Optional
 
 from prompt_toolkit.completion import Completer, Completion
 from prompt_toolkit.document import Document
 
-from commands.args import argument_at, compile_args
+from commands.args import compile_args
+from commands.completion import argument_at, backing_candidates, taken_by_fallback, typed_arguments
 from commands.table import HMP_COMMANDS, command_words, find_command
 
 FORMATS = ("qcow2", "raw")
@@ -48,13 +50,15 @@ class CompletionContext:
         self._core = core
         self._table = table
 
-    def candidates(self, source: str, prefix: str) -> List[str]:
+    def candidates(self, source: str, prefix: str, typed: Optional[Dict[str, str]] = None) -> List[str]:
         result = []
         for part in source.split("+"):
-            result += self._one_source(part, prefix)
+            result += self._one_source(part, prefix, typed or {})
         return result
 
-    def _one_source(self, source: str, prefix: str) -> List[str]:
+    def _one_source(self, source: str, prefix: str, typed: Dict[str, str]) -> List[str]:
+        if source == "backing":          # a stream's base: only below the typed device's top
+            return backing_candidates(self._core, typed.get("device"))
         if source == "devices":
             return self._core.device_names()
         if source == "nodes":
@@ -105,16 +109,17 @@ class HmpCompleter(Completer):
 
     def _complete_args(self, command, text: str) -> List[tuple]:
         spec, prefix = argument_at(command.args_type, text)
-        if spec is None:
+        typed = typed_arguments(command.args_type, text)
+        if spec is None or taken_by_fallback(command.word_fallback, spec.name, typed):
             return []
         if spec.is_flag:
             flags = ["-" + s.kind.flag for s in _flag_specs(command)]
             return self._matching(flags, prefix)
         source = command.complete.get(spec.name, "")
-        words = spec.kind.complete(prefix, self._context, source)
+        words = spec.kind.complete(prefix, self._context, source, typed)
         fallback = command.word_fallback.get(spec.name)
         if fallback:
-            words += spec.kind.complete(prefix, self._context, command.complete.get(fallback, ""))
+            words += spec.kind.complete(prefix, self._context, command.complete.get(fallback, ""), typed)
         return [(word, prefix) for word in dict.fromkeys(words)]
 
     @staticmethod

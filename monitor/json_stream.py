@@ -3,9 +3,13 @@
 QMP is not line-framed: qemu.qmp sends objects with no newline, socat users
 send one object over several lines.  Like QEMU (qobject/json-streamer.c), a
 message ends when its braces and brackets balance; a top-level scalar ends at
-whitespace.  Unlike QEMU, a message is capped at ``limit`` bytes (QEMU: 64 MiB):
-past it the splitter reports ``JSON token size limit exceeded`` and skips to the
-next newline, so one client can never make the server hold more than ``limit``.
+whitespace.  Unlike QEMU, a message is capped at ``limit`` bytes (QEMU: 64 MiB).
+Past it, or past MAX_NESTING, the splitter reports QEMU's error (``JSON token size
+limit exceeded``) once and, as QEMU's streamer resets and goes on with the next
+bytes, goes on at once; but it keeps following the oversized message's strings
+and brackets without storing them, so the message's tail is skipped as a whole
+and the next message, even sent back to back without a newline as qemu.qmp does,
+is parsed whole.  Nothing beyond ``limit`` bytes is ever buffered.
 """
 import json
 import re
@@ -53,7 +57,6 @@ class JsonSplitter:
     def __init__(self, limit: int = 1 << 20):
         self.limit = limit
         self._reset()
-        self._discarding = False
 
     def _reset(self):
         self._buf = bytearray()
@@ -61,42 +64,45 @@ class JsonSplitter:
         self._in_string = False
         self._escape = False
         self._scalar = False
+        self._discarding = False    # in an oversized message: follow it, keep nothing
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held for the message in progress (never more than ``limit``)."""
+        return len(self._buf)
+
+    def _keep(self, chunk: bytes):
+        if not self._discarding:
+            self._buf += chunk
 
     def feed(self, data: bytes) -> list:
         out = []
         pos = 0
         while pos < len(data):
-            if self._discarding:
-                newline = data.find(b"\n", pos)
-                if newline < 0:
-                    return out
-                pos = newline + 1
-                self._discarding = False
-                continue
             # Never consume past limit+1 buffered bytes, so that an oversized
-            # message is noticed before the newline that ends it is swallowed.
+            # message is noticed with at most that much held.
             end = min(len(data), pos + self.limit + 1 - len(self._buf))
             pos = self._advance(data, pos, end, out)
-            if len(self._buf) > self.limit or self._depth > MAX_NESTING:
+            if not self._discarding and (len(self._buf) > self.limit or self._depth > MAX_NESTING):
                 too_deep = self._depth > MAX_NESTING
-                self._reset()
                 out.append(JsonParseError("JSON nesting depth limit exceeded" if too_deep
                                           else "JSON token size limit exceeded"))
+                self._buf = bytearray()
                 self._discarding = True
         return out
 
     def _advance(self, data: bytes, pos: int, end: int, out: list) -> int:
         """Consume data[pos:end] up to one state change; return the new position."""
         if self._escape:
-            self._buf += data[pos:pos + 1]
+            self._keep(data[pos:pos + 1])
             self._escape = False
             return pos + 1
         if self._in_string:
             match = _IN_STRING.search(data, pos, end)
             if match is None:
-                self._buf += data[pos:end]
+                self._keep(data[pos:end])
                 return end
-            self._buf += data[pos:match.end()]
+            self._keep(data[pos:match.end()])
             if match.group() == b"\\":
                 self._escape = True
             else:
@@ -107,18 +113,18 @@ class JsonSplitter:
         if self._scalar:
             match = _SCALAR_END.search(data, pos, end)
             if match is None:
-                self._buf += data[pos:end]
+                self._keep(data[pos:end])
                 return end
-            self._buf += data[pos:match.start()]
+            self._keep(data[pos:match.start()])
             self._emit(out)
             return match.start()
         if self._depth == 0:
             return self._start_message(data, pos, out)
         match = _STRUCTURAL.search(data, pos, end)
         if match is None:
-            self._buf += data[pos:end]
+            self._keep(data[pos:end])
             return end
-        self._buf += data[pos:match.end()]
+        self._keep(data[pos:match.end()])
         char = match.group()
         if char == b'"':
             self._in_string = True
@@ -134,7 +140,7 @@ class JsonSplitter:
         char = data[pos:pos + 1]
         if char in (b" ", b"\t", b"\r", b"\n"):
             return pos + 1
-        self._buf += char
+        self._keep(char)
         if char in (b"{", b"["):
             self._depth = 1
         elif char == b'"':
@@ -146,5 +152,6 @@ class JsonSplitter:
         return pos + 1
 
     def _emit(self, out: list):
-        out.append(bytes(self._buf))
+        if not self._discarding:
+            out.append(bytes(self._buf))
         self._reset()

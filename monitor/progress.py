@@ -66,6 +66,10 @@ class ThroughputMeter:
             return None
         return (offset - first_offset) / (now - first_time)
 
+    def forget(self, job_id: str) -> None:
+        """Drop a job's samples (it stopped moving: its next figure starts afresh)."""
+        self._samples.pop(job_id, None)
+
     def forget_except(self, job_ids) -> None:
         for job_id in list(self._samples):
             if job_id not in job_ids:
@@ -131,9 +135,20 @@ def fitting_columns(rows: List[List], width: Optional[int]) -> tuple:
     return kept, BAR_WIDTH
 
 
+def job_rate(info: dict, meter: ThroughputMeter) -> Optional[float]:
+    """The job's throughput, or None while it does not run (paused, error): a paused
+    job shows no figure at once rather than one fading over RATE_WINDOW, and after
+    it resumes the paused time does not drag its figure down."""
+    job_id = info.get("device", "?")
+    if job_state(info) != "running":
+        meter.forget(job_id)
+        return None
+    return meter.observe(job_id, info.get("offset", 0))
+
+
 def jobs_table(infos: List[dict], meter: ThroughputMeter, width: Optional[int] = None) -> Table:
     """A grid with one row per job, columns aligned across jobs, fitted into ``width`` cells."""
-    rates = [meter.observe(info.get("device", "?"), info.get("offset", 0)) for info in infos]
+    rates = [job_rate(info, meter) for info in infos]
     meter.forget_except({info.get("device") for info in infos})
     kept, bar_width = fitting_columns([job_row(info, rate) for info, rate in zip(infos, rates)],
                                       width)

@@ -3,10 +3,16 @@ import os
 
 import pytest
 
-from commands.args import CompletionContext, complete_line
+from commands.completion import CompletionContext, complete_line
 
 
 class Core:
+    CHAINS = {"virtio0": ["D", "C", "B", "A"], "ide0-hd0": ["disk"]}
+
+    def active_image(self, name):
+        from test_repl_fakes import fake_chain
+        return fake_chain(self.CHAINS, name)
+
     def device_names(self):
         return ["virtio0", "ide0-hd0"]
 
@@ -30,9 +36,11 @@ CTX = CompletionContext(Core())
     ("info block ", "", ["ide0-hd0", "virtio0"]),
     ("info blockmap ", "", ["A", "B", "C", "D", "disk", "ide0-hd0", "virtio0"]),
     ("block_stream v", "v", ["virtio0"]),
-    ("block_stream virtio0 ", "", ["A", "B", "C", "D", "disk"]),
+    ("block_stream virtio0 ", "", ["A", "A.qcow2", "B", "B.qcow2", "C", "C.qcow2"]),
     ("block_stream virtio0 1", "1", []),
-    ("block_stream virtio0 0 ", "", ["A", "B", "C", "D", "disk"]),
+    ("block_stream virtio0 0 ", "", ["A", "A.qcow2", "B", "B.qcow2", "C", "C.qcow2"]),
+    ("block_stream C 0 ", "", ["A", "A.qcow2", "B", "B.qcow2"]),
+    ("block_stream ide0-hd0 0 ", "", []),
     ("block_job_pause ", "", ["virtio0"]),
     ("block_job_cancel -", "-", ["-f"]),
     ("block_job_cancel -f v", "v", ["virtio0"]),

@@ -2,8 +2,9 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from commands.args import (INT64_MAX, Cursor, ParseError, argument_at, compile_args,
-                           parse_arguments, parse_seconds, parse_size)
+from commands.args import (INT64_MAX, Cursor, ParseError, compile_args, parse_arguments,
+                           parse_seconds, parse_size)
+from commands.completion import argument_at
 
 MiB = 1 << 20
 
@@ -108,7 +109,8 @@ SNAP = "reuse:-n,device:B,snapshot-file:s?,format:s?"
 @pytest.mark.parametrize("text, expected", [
     ("virtio0", {"device": "virtio0"}),
     ("-n virtio0 f.qcow2", {"reuse": True, "device": "virtio0", "snapshot-file": "f.qcow2"}),
-    ("-n -n virtio0", {"reuse": True, "device": "virtio0"}),
+    # QEMU reads each flag once: the second -n is the device name.
+    ("-n -n virtio0", {"reuse": True, "device": "-n", "snapshot-file": "virtio0"}),
     ("virtio0 /new-path/disk.img qcow2",
      {"device": "virtio0", "snapshot-file": "/new-path/disk.img", "format": "qcow2"}),
 ])

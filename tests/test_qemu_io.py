@@ -100,12 +100,19 @@ def test_zero_discard_map_alloc():
     ("write -P 256 0 512", "256 is not a valid pattern byte\n"),
     ("write -P -1 0 1", "-1 is not a valid pattern byte\n"),
     ("write -z -P 5 0 512", "Only one of -z, -P, and -s can be specified at the same time\n"),
-    ("write -x 0 1", "write: invalid option -- 'x'\nwrite [-bcCfnquz] [-P pattern | -s source_file] "
+    # The usage lines list only the options we implement (qemu-io's also name -abCcfns).
+    ("write -x 0 1", "write: invalid option -- 'x'\nwrite [-qz] [-P pattern] "
                      "off len -- writes a number of bytes at a specified offset\n"),
-    ("read 0 -1", "read: invalid option -- '1'\nread [-abCqv] [-P pattern [-s off] [-l len]] off len "
+    ("write -v 0 1", "write: invalid option -- 'v'\nwrite [-qz] [-P pattern] "
+                     "off len -- writes a number of bytes at a specified offset\n"),
+    ("read -C 0 1", "read: invalid option -- 'C'\nread [-qv] [-P pattern] off len "
+                    "-- reads a number of bytes at a specified offset\n"),
+    ("read 0 -1", "read: invalid option -- '1'\nread [-qv] [-P pattern] off len "
                   "-- reads a number of bytes at a specified offset\n"),
-    ("read 0 512 extra", "read [-abCqv] [-P pattern [-s off] [-l len]] off len -- reads a number of "
+    ("read 0 512 extra", "read [-qv] [-P pattern] off len -- reads a number of "
                          "bytes at a specified offset\n"),
+    ("discard -C 0 1", "discard: invalid option -- 'C'\ndiscard [-q] off len "
+                       "-- discards a number of bytes at a specified offset\n"),
     ("read 5M 512", "read failed: Input/output error\n"),
     ("write 4095k 2k", "write failed: Input/output error\n"),
     ("discard 5M 1", "discard failed: Input/output error\n"),
@@ -141,6 +148,12 @@ ORACLE_SCRIPT = [
     "alloc 0 4M", "alloc 128k 64k", "alloc 4095k 64k", "read 1 1", "read 0 1.5k", "read 0 0",
     "write -P 256 0 512", "read", "write abc 1", "bogus", "read 5M 512", "map x",
     "read 0 99999999999999999999", "alloc 8E", "write -P 017 2M 1", "read -P 15 2M 1",
+    # -v (hex dump) and -q (quiet), byte for byte as qemu-io prints them
+    "write -P 0x20 5120 3", "write -P 0xe9 5123 2", "write -P 0x7a 5125 1", "read -v 5114 40",
+    "read -v 0 32", "read -v 65530 40", "read -v 2M 1", "read -v 0 0", "read -vv 1M 16",
+    "read -v -P 0xab 0 16", "read -v -P 0 0 20", "read -q 0 512", "read -qv -P 0xcd 0 16",
+    "read -q", "write -q -P 0x41 4k 20", "read -v 4090 40", "write -qz 8k 512",
+    "discard -q 3M 64k", "r -vP0xab 16 16",
 ]
 
 

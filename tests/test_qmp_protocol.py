@@ -163,6 +163,20 @@ def test_huge_line_is_refused_and_the_stream_resyncs(server):
     assert not sender.is_alive()
 
 
+def test_huge_message_back_to_back_with_the_next_request(server):
+    """No newline anywhere, as qemu.qmp sends: the error, then the next request's reply."""
+    client = connect(server)
+    payload = b'{"execute": "x-echo", "arguments": {"s": "' + b"x" * (3 << 20) + b'"}}'
+    requests = payload + b'{"execute": "query-version", "id": 2}{"execute": "query-block-jobs", "id": 3}'
+    sender = threading.Thread(target=client.send, args=(requests,))
+    sender.start()
+    assert client.read_json() == error("JSON token size limit exceeded")
+    assert client.read_json() == {"return": VERSION, "id": 2}
+    assert client.read_json() == {"return": [], "id": 3}
+    sender.join(TIMEOUT)
+    assert not sender.is_alive()
+
+
 def test_flood_is_answered_in_order_and_others_are_served(server):
     flooder = connect(server)
     other = connect(server)
@@ -389,12 +403,56 @@ def test_splitter_recovers_messages_from_any_chunking(values, cuts, separator):
     assert [json.loads(m) for m in out] == values
 
 
+TOO_BIG = JsonParseError("JSON token size limit exceeded")
+TOO_DEEP = JsonParseError("JSON nesting depth limit exceeded")
+
+
 def test_splitter_limits_size_and_nesting_then_resyncs():
     splitter = JsonSplitter(limit=100)
-    assert splitter.feed(b'{"a": "' + b"x" * 500) == [JsonParseError("JSON token size limit exceeded")]
-    assert splitter.feed(b'xx"}{"still": "skipped"}\n{"b": 1} 7\n') == [b'{"b": 1}', b"7"]
+    assert splitter.feed(b'{"a": "' + b"x" * 500) == [TOO_BIG]
+    # The oversized message ends where its braces balance; the next one follows at once.
+    assert splitter.feed(b'xx"}{"next": "kept"}\n{"b": 1} 7\n') == [b'{"next": "kept"}', b'{"b": 1}', b"7"]
     deep = JsonSplitter(limit=1 << 20)
-    assert deep.feed(b"[" * 1025 + b"\n[]") == [JsonParseError("JSON nesting depth limit exceeded"), b"[]"]
+    assert deep.feed(b"[" * 1025 + b"\n" + b"]" * 1025 + b"[]") == [TOO_DEEP, b"[]"]
+
+
+NEXT = b'{"execute": "query-version", "id": 2}'
+
+
+@pytest.mark.parametrize("oversized", [
+    b'{"execute": "x", "arguments": {"s": "' + b"x" * 500 + b'", "t": [1, {"u": "}]\\""}]}}',
+    b'{"s": "' + b'\\"' * 300 + b'{["}',                 # escaped quotes and brackets in the string
+    b'"' + b"y" * 500 + b'"',                               # a top-level string
+    b'[' + b'{"k": [1, 2]}, ' * 40 + b'{}]',                # many small tokens
+    b"[" * 1025 + b"]" * 1025,                              # too deep, under the size limit
+], ids=["object", "escapes", "string", "tokens", "deep"])
+def test_splitter_answers_an_oversized_message_then_parses_the_next_back_to_back(oversized):
+    """qemu.qmp sends messages back to back without newlines (as QEMU's json-streamer
+    resets after a too-large token and goes on with the next bytes)."""
+    expected = [TOO_DEEP if oversized.startswith(b"[[") else TOO_BIG, NEXT, b"7"]
+    whole = JsonSplitter(limit=100 if not oversized.startswith(b"[[") else 4096)
+    assert whole.feed(oversized + NEXT + b"7 ") == expected
+    splitter, out, most = JsonSplitter(limit=whole.limit), [], 0
+    for i in range(len(oversized + NEXT + b"7 ")):
+        out += splitter.feed((oversized + NEXT + b"7 ")[i:i + 1])
+        most = max(most, splitter.buffered)
+    assert out == expected and most <= splitter.limit
+
+
+@settings(max_examples=60, deadline=None)
+@given(messages, st.integers(min_value=0, max_value=5), st.integers(min_value=1, max_value=300),
+       st.sampled_from(["", "\n", " "]))
+def test_splitter_resyncs_after_an_oversized_message_anywhere(values, where, cut, separator):
+    texts = [json.dumps(v, ensure_ascii=False).encode() for v in values]
+    limit = max(len(t) for t in texts) + 8
+    where = min(where, len(texts))
+    big = json.dumps({"execute": "x", "arguments": {"s": "{[\"" * limit}}).encode()
+    stream = separator.encode().join(texts[:where] + [big] + texts[where:])
+    splitter, out = JsonSplitter(limit=limit), []
+    for pos in range(0, len(stream), cut):
+        out += splitter.feed(stream[pos:pos + cut])
+        assert splitter.buffered <= limit
+    assert out == texts[:where] + [TOO_BIG] + texts[where:]
 
 
 def test_owner_may_stop_the_servers_from_on_quit(sockdir):

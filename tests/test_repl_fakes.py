@@ -12,6 +12,23 @@ from images.events import EventBus
 HmpResult = namedtuple("HmpResult", "output ok quit")
 
 
+def fake_chain(chains, name):
+    """The image a device or node name stands for, in ``{device: [top, ..., bottom]}``;
+    overlays store their backing as "<node>.qcow2".  CommandError as the core raises it."""
+    from types import SimpleNamespace
+    from commands.errors import CommandError
+    for device, nodes in chains.items():
+        start = 0 if name == device else (nodes.index(name) if name in nodes else None)
+        if start is None:
+            continue
+        image = None
+        for node in reversed(nodes[start:]):
+            image = SimpleNamespace(node_name=node, backing=image,
+                                    backing_name=image.node_name + ".qcow2" if image else None)
+        return image
+    raise CommandError("Cannot find device='%s' nor node-name='%s'" % (name, name))
+
+
 class FakeCore:
     def __init__(self):
         self.events = EventBus(clock=lambda: 1700000000.25)
@@ -26,6 +43,10 @@ class FakeCore:
 
     def node_names(self):
         return [node for chain in self.chains.values() for node in chain]
+
+    def active_image(self, name):
+        """A stand-in image chain (node_name, backing_name, backing) for ``name``."""
+        return fake_chain(self.chains, name)
 
     def job_ids(self):
         return list(self.jobs)
