@@ -182,6 +182,9 @@ class QmpLineClient(LineClient):
             request["arguments"] = arguments
         request.update(extra)
         self.send(json.dumps(request))
+        return self.read_reply()
+
+    def read_reply(self):
         return self.read_json()
 
 
@@ -203,14 +206,6 @@ class QmpEventClient(QmpLineClient):
                 self.events.append(message)
             else:
                 return message
-
-    def cmd(self, name, arguments=None, **extra):
-        request = {"execute": name}
-        if arguments is not None:
-            request["arguments"] = arguments
-        request.update(extra)
-        self.send(json.dumps(request))
-        return self.read_reply()
 
     def wait_event(self, predicate, limit=100000):
         """Read until an event matching predicate arrives (bounded by the socket timeout)."""
