@@ -44,23 +44,28 @@ class Options:
     monitor_specs: List[str] = field(default_factory=list)
 
 
-def split_drive_value(text: str) -> dict:
-    """``file=a,if=ide`` -> {"file": "a", "if": "ide"}; ``,,`` escapes a comma as in QEMU."""
-    items, current, i = [], "", 0
+def split_commas(text: str) -> List[str]:
+    """Split on single commas; ``,,`` is an escaped comma (QEMU's QemuOpts rule)."""
+    parts, current, i = [], [], 0
     while i < len(text):
         if text[i] == ",":
             if text[i + 1:i + 2] == ",":
-                current += ","
+                current.append(",")
                 i += 2
                 continue
-            items.append(current)
-            current = ""
+            parts.append("".join(current))
+            current = []
         else:
-            current += text[i]
+            current.append(text[i])
         i += 1
-    items.append(current)
+    parts.append("".join(current))
+    return parts
+
+
+def split_drive_value(text: str) -> dict:
+    """``file=a,if=ide`` -> {"file": "a", "if": "ide"}; ``,,`` escapes a comma as in QEMU."""
     result = {}
-    for item in items:
+    for item in split_commas(text):
         key, sep, value = item.partition("=")
         if not sep:
             raise UsageError("-drive %s: expected key=value, got '%s'" % (text, item))
