@@ -113,7 +113,7 @@ def assign_devices(drive_values: List[dict]) -> List[DriveSpec]:
         interface = values.get("if", "virtio")
         if interface != "none" and "index" in values:
             index = int(values["index"])
-            limit = IDE_MAX_INDEX if interface == "ide" else VIRTIO_MAX_INDEX
+            limit = _max_index(interface)
             if index > limit:
                 raise UsageError("-drive file=%s: index %d out of range for if=%s (0-%d)"
                                  % (values["file"], index, interface, limit))
@@ -133,6 +133,10 @@ def assign_devices(drive_values: List[dict]) -> List[DriveSpec]:
     return specs
 
 
+def _max_index(interface: str) -> int:
+    return IDE_MAX_INDEX if interface == "ide" else VIRTIO_MAX_INDEX
+
+
 def _next_device(values: dict, taken: dict) -> str:
     interface = values.get("if", "virtio")
     if "index" in values:
@@ -140,8 +144,7 @@ def _next_device(values: dict, taken: dict) -> str:
     index = 0
     while index in taken[interface]:
         index += 1
-    limit = IDE_MAX_INDEX if interface == "ide" else VIRTIO_MAX_INDEX
-    if index > limit:
+    if index > _max_index(interface):
         raise UsageError("-drive file=%s: no free if=%s index left" % (values["file"], interface))
     taken[interface].add(index)
     return device_name(interface, index)
