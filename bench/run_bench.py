@@ -10,6 +10,7 @@ only the ratios mean anything across machines.  QEMU rows are left out when
 qemu-system-x86_64 is not installed (or with --no-qemu).
 """
 import argparse
+import json
 import os
 import shutil
 import statistics
@@ -103,7 +104,6 @@ def collect(args):
 
 def full_stream_bytes(chain):
     """Bytes a full stream moves into D: what A, B and C hold that D does not (from qemu-img map)."""
-    import json
     out = subprocess.run(["qemu-img", "map", "--output=json", os.path.join(chain, "D.qcow2")],
                          check=True, capture_output=True, text=True).stdout
     return sum(e["length"] for e in json.loads(out) if e["depth"] > 0 and e["data"])

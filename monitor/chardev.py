@@ -13,6 +13,8 @@ bad part; the CLI prints it and exits with status 2.
 import ipaddress
 from dataclasses import dataclass
 
+from monitor.drive_options import split_commas
+
 _SWITCHES = {"server": "server", "wait": "wait", "nowait": "wait", "noserver": "server"}
 _ON = ("on", "yes", "true")
 _OFF = ("off", "no", "false")
@@ -52,7 +54,7 @@ class ChardevSpec:
 
 def parse_chardev(text: str) -> ChardevSpec:
     """Parse one ``-qmp``/``-monitor`` argument; raise ChardevError naming the bad part."""
-    head, options = _split_options(text)
+    head, *options = split_commas(text)
     backend, sep, address = head.partition(":")
     if not sep or backend not in ("unix", "tcp"):
         raise ChardevError("chardev '%s': unsupported backend '%s' (use unix:PATH or tcp:HOST:PORT)"
@@ -64,24 +66,6 @@ def parse_chardev(text: str) -> ChardevSpec:
         return ChardevSpec("unix", text, path=address)
     host, port = _split_host_port(text, address)
     return ChardevSpec("tcp", text, host=host, port=port)
-
-
-def _split_options(text: str):
-    """Split on single commas; ``,,`` is an escaped comma (QEMU's QemuOpts rule)."""
-    parts, current, i = [], [], 0
-    while i < len(text):
-        if text[i] == ",":
-            if text[i + 1:i + 2] == ",":
-                current.append(",")
-                i += 2
-                continue
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(text[i])
-        i += 1
-    parts.append("".join(current))
-    return parts[0], parts[1:]
 
 
 def _check_options(text: str, options):

@@ -43,11 +43,10 @@ def open_drives(core, drives) -> Optional[str]:
 
 
 def start_servers(core, options, on_quit):
-    if not (options.qmp_specs or options.monitor_specs):
-        return None
+    """The ``-qmp``/``-monitor`` servers, listening; raises MonitorStartError."""
     from monitor.servers import MonitorServers
     servers = MonitorServers(core, options.qmp_specs, options.monitor_specs, on_quit)
-    servers.start()       # MonitorStartError: one line naming the listener
+    servers.start()
     return servers
 
 
@@ -124,12 +123,15 @@ def main(argv: Optional[List[str]] = None) -> int:
         core.shutdown()
         return _fail(error, 1)
     quit_signal = QuitSignal()
-    from monitor.servers import MonitorStartError
-    try:
-        servers = start_servers(core, options, quit_signal)
-    except MonitorStartError as err:
-        core.shutdown()
-        return _fail(str(err), 1)
+    servers = None
+    if options.qmp_specs or options.monitor_specs:
+        # Imported only when asked for: asyncio alone is a good part of `-c quit`'s start-up.
+        from monitor.servers import MonitorStartError
+        try:
+            servers = start_servers(core, options, quit_signal)
+        except MonitorStartError as err:
+            core.shutdown()
+            return _fail(str(err), 1)
     try:
         return run_session(core, options, demo, quit_signal, serving=servers is not None)
     except KeyboardInterrupt:

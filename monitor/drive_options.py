@@ -44,23 +44,28 @@ class Options:
     monitor_specs: List[str] = field(default_factory=list)
 
 
-def split_drive_value(text: str) -> dict:
-    """``file=a,if=ide`` -> {"file": "a", "if": "ide"}; ``,,`` escapes a comma as in QEMU."""
-    items, current, i = [], "", 0
+def split_commas(text: str) -> List[str]:
+    """Split on single commas; ``,,`` is an escaped comma (QEMU's QemuOpts rule)."""
+    parts, current, i = [], [], 0
     while i < len(text):
         if text[i] == ",":
             if text[i + 1:i + 2] == ",":
-                current += ","
+                current.append(",")
                 i += 2
                 continue
-            items.append(current)
-            current = ""
+            parts.append("".join(current))
+            current = []
         else:
-            current += text[i]
+            current.append(text[i])
         i += 1
-    items.append(current)
+    parts.append("".join(current))
+    return parts
+
+
+def split_drive_value(text: str) -> dict:
+    """``file=a,if=ide`` -> {"file": "a", "if": "ide"}; ``,,`` escapes a comma as in QEMU."""
     result = {}
-    for item in items:
+    for item in split_commas(text):
         key, sep, value = item.partition("=")
         if not sep:
             raise UsageError("-drive %s: expected key=value, got '%s'" % (text, item))
@@ -108,7 +113,7 @@ def assign_devices(drive_values: List[dict]) -> List[DriveSpec]:
         interface = values.get("if", "virtio")
         if interface != "none" and "index" in values:
             index = int(values["index"])
-            limit = IDE_MAX_INDEX if interface == "ide" else VIRTIO_MAX_INDEX
+            limit = _max_index(interface)
             if index > limit:
                 raise UsageError("-drive file=%s: index %d out of range for if=%s (0-%d)"
                                  % (values["file"], index, interface, limit))
@@ -128,6 +133,10 @@ def assign_devices(drive_values: List[dict]) -> List[DriveSpec]:
     return specs
 
 
+def _max_index(interface: str) -> int:
+    return IDE_MAX_INDEX if interface == "ide" else VIRTIO_MAX_INDEX
+
+
 def _next_device(values: dict, taken: dict) -> str:
     interface = values.get("if", "virtio")
     if "index" in values:
@@ -135,8 +144,7 @@ def _next_device(values: dict, taken: dict) -> str:
     index = 0
     while index in taken[interface]:
         index += 1
-    limit = IDE_MAX_INDEX if interface == "ide" else VIRTIO_MAX_INDEX
-    if index > limit:
+    if index > _max_index(interface):
         raise UsageError("-drive file=%s: no free if=%s index left" % (values["file"], interface))
     taken[interface].add(index)
     return device_name(interface, index)

@@ -2,10 +2,10 @@
 
 Background threads publish events; they never write to the terminal themselves.
 ``EventsView`` subscribes to the core's bus and hands each job event, formatted
-(``event_line`` for people, ``event_json`` for scripts), to a ``sink``.  In the REPL the sink is a ``print`` under prompt_toolkit's
-``patch_stdout``, so the line appears above the prompt and the typed line
-survives; ``block_job_wait`` swaps the sink for its rich Live console while it
-draws.
+(``event_line`` for people, ``event_json`` for scripts), to a ``sink``.  In the
+REPL the sink is a ``print`` under prompt_toolkit's ``patch_stdout``, so the line
+appears above the prompt and the typed line survives; ``block_job_wait`` swaps
+the sink for its rich Live console while it draws.
 """
 import json
 import threading
@@ -31,15 +31,10 @@ def is_failure(event: dict) -> bool:
 
 def event_line(event: dict, colour: bool = False) -> str:
     """The console's line for an event: its name, then its data as QMP JSON."""
-    name = event.get("event", "?")
+    name = shown = event.get("event", "?")
     if colour:
-        if is_failure(event):
-            code = "31"
-        else:
-            code = _COLOURS.get(name, "35")
+        code = "31" if is_failure(event) else _COLOURS.get(name, "35")
         shown = "\x1b[1;%sm%s\x1b[0m" % (code, name)
-    else:
-        shown = name
     return "%s %s" % (shown, json.dumps(event.get("data", {})))
 
 

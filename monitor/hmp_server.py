@@ -10,6 +10,8 @@ import asyncio
 import sys
 import traceback
 
+from commands.hmp import HmpInterpreter
+
 PROMPT = b"(qemu) "
 MAX_LINE = 1 << 20
 READ_CHUNK = 64 * 1024
@@ -28,7 +30,6 @@ def banner_for(version: dict) -> bytes:
 
 
 def default_interpreter_factory(core):
-    from commands.hmp import HmpInterpreter     # imported late: written in parallel
     return HmpInterpreter(core)
 
 

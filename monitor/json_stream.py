@@ -75,6 +75,13 @@ class JsonSplitter:
         if not self._discarding:
             self._buf += chunk
 
+    def _search(self, pattern, data: bytes, pos: int, end: int):
+        """The first match of ``pattern`` in data[pos:end]; None once the whole span is kept."""
+        match = pattern.search(data, pos, end)
+        if match is None:
+            self._keep(data[pos:end])
+        return match
+
     def feed(self, data: bytes) -> list:
         out = []
         pos = 0
@@ -98,9 +105,8 @@ class JsonSplitter:
             self._escape = False
             return pos + 1
         if self._in_string:
-            match = _IN_STRING.search(data, pos, end)
+            match = self._search(_IN_STRING, data, pos, end)
             if match is None:
-                self._keep(data[pos:end])
                 return end
             self._keep(data[pos:match.end()])
             if match.group() == b"\\":
@@ -111,18 +117,16 @@ class JsonSplitter:
                     self._emit(out)
             return match.end()
         if self._scalar:
-            match = _SCALAR_END.search(data, pos, end)
+            match = self._search(_SCALAR_END, data, pos, end)
             if match is None:
-                self._keep(data[pos:end])
                 return end
             self._keep(data[pos:match.start()])
             self._emit(out)
             return match.start()
         if self._depth == 0:
             return self._start_message(data, pos, out)
-        match = _STRUCTURAL.search(data, pos, end)
+        match = self._search(_STRUCTURAL, data, pos, end)
         if match is None:
-            self._keep(data[pos:end])
             return end
         self._keep(data[pos:match.end()])
         char = match.group()

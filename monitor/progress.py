@@ -148,15 +148,14 @@ def job_rate(info: dict, meter: ThroughputMeter) -> Optional[float]:
 
 def jobs_table(infos: List[dict], meter: ThroughputMeter, width: Optional[int] = None) -> Table:
     """A grid with one row per job, columns aligned across jobs, fitted into ``width`` cells."""
-    rates = [job_rate(info, meter) for info in infos]
+    rows = [job_row(info, job_rate(info, meter)) for info in infos]
     meter.forget_except({info.get("device") for info in infos})
-    kept, bar_width = fitting_columns([job_row(info, rate) for info, rate in zip(infos, rates)],
-                                      width)
+    kept, bar_width = fitting_columns(rows, width)
     grid = Table.grid(padding=(0, 1))
     for _ in kept:
         grid.add_column(no_wrap=True)
-    for info, rate in zip(infos, rates):
-        row = job_row(info, rate, bar_width)
+    for row in rows:
+        row[BAR].width = bar_width
         grid.add_row(*[row[i] for i in kept])
     return grid
 

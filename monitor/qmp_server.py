@@ -118,10 +118,6 @@ class QmpServer:
     def writers(self) -> list:
         return [connection.writer for connection in self.connections]
 
-    def broadcast(self, event: dict):
-        """Send an event to every negotiated client (call in the loop thread)."""
-        self.broadcast_raw(encode(event))
-
     def broadcast_raw(self, data: bytes):
         """Send an encoded event to every negotiated client (call in the loop thread)."""
         for connection in list(self.connections):

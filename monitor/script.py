@@ -63,6 +63,9 @@ class ScriptSession:
             self._out.write(text)
             self._out.flush()
 
+    def _say(self, text: str) -> None:
+        self._err.write("blockmon: " + text)
+
     def _write_event(self, line: str) -> None:
         self._write(line + "\n")
 
@@ -91,8 +94,8 @@ class ScriptSession:
         """At the end of input: wait for running jobs; cancel jobs left paused. True if none failed."""
         leftover = self._waiter.wait(None)
         if leftover:
-            self._err.write("blockmon: " + leftover)
-            say_cancelled(self._core.shutdown(), lambda text: self._err.write("blockmon: " + text))
+            self._say(leftover)
+            say_cancelled(self._core.shutdown(), self._say)
             return False
         return True
 
@@ -105,7 +108,7 @@ class ScriptSession:
 
     def close(self, ok: bool) -> int:
         """Cancel what still runs (saying which), stop listening; the exit status."""
-        say_cancelled(self._core.shutdown(), lambda text: self._err.write("blockmon: " + text))
+        say_cancelled(self._core.shutdown(), self._say)
         self._events.close()
         self._failures()
         return 0 if ok and not self._failed_jobs else 1

@@ -39,10 +39,10 @@ class JobsToolbar:
     def text(self) -> str:
         """The toolbar as ANSI-coded text (one line per job, or the idle hint)."""
         infos = self._core.execute("query-block-jobs")
+        width = self._width() - 1
         if not infos:
             self._meter.forget_except(())
-            return idle_hint(self._width() - 1)
-        width = self._width() - 1
+            return idle_hint(width)
         return render_ansi(jobs_table(infos, self._meter, width), width)
 
     def __call__(self):

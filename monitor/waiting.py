@@ -9,12 +9,7 @@ the waiting and leaves the jobs running.
 import time
 from typing import Callable, List, Optional
 
-from rich.console import Console
-from rich.live import Live
-from rich.text import Text
-
 from commands.errors import DEVICE_NOT_FOUND, CommandError
-from monitor.progress import ThroughputMeter, waiting_view
 
 POLL_INTERVAL = 0.1
 
@@ -63,6 +58,12 @@ class JobWaiter:
             self._core.wait_jobs(job_id, timeout=POLL_INTERVAL)
 
     def _wait_drawing(self, job_id) -> str:
+        # rich is imported here, when a terminal watches: scripts (`-c quit`) start without it.
+        from rich.console import Console
+        from rich.live import Live
+        from rich.text import Text
+
+        from monitor.progress import ThroughputMeter, waiting_view
         console = Console(file=self._stream, force_terminal=True)
         meter = ThroughputMeter()
         infos = _waited_jobs(self._core, job_id)
