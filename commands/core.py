@@ -91,16 +91,6 @@ class BlockCore:
     def _job(self, job_id):
         return self.jobs_registry.find(job_id)
 
-    def stream_finished(self, job, held_images):
-        """Called from the job's clean-up: release the blockers, forget dropped images."""
-        self.devices.unblock(held_images)
-        if job.top.backing is job.base and job.status != "aborting":
-            live = {id(img) for img in self.devices.all_images()}
-            for image in held_images[1:]:
-                if id(image) not in live:
-                    image.close()
-            self.devices.forget_unused_nodes()
-
     def wait_jobs(self, job_id=None, timeout=None):
         jobs = [self._job(job_id)] if job_id is not None else self.jobs()
         return all(job.wait(timeout) for job in jobs)
