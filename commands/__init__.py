@@ -1,4 +1,5 @@
-"""The QMP-shaped command core, the one command table, and HMP parsing.
+"""The QMP-shaped command core, the one command table, HMP parsing, completion and
+rendering, and the qemu-io guest path.
 
 Imports ``images``; never ``monitor``, prompt_toolkit or rich.
 """

@@ -1,4 +1,4 @@
-"""``block-stream``: argument checks in QEMU's order, base lookup, op blockers, job start."""
+"""``block-stream``: argument checks in QEMU's order, base lookup, op blockers, job start and clean-up."""
 import os
 
 from images.chain import chain_of
@@ -14,12 +14,12 @@ def find_base(top, name, cwd=None):
     or a path (absolute, relative to the working directory, or relative to the
     top's directory).  Returns None when nothing strictly below the top matches.
     """
-    below = chain_of(top)[1:]
+    chain = chain_of(top)
+    below = chain[1:]
     for image in below:
         if image.node_name == name:
             return image
-    overlays = chain_of(top)
-    for overlay, image in zip(overlays, below):
+    for overlay, image in zip(chain, below):
         if overlay.backing_name == name:
             return image
     candidates = {os.path.realpath(os.path.join(cwd or os.getcwd(), name)),
@@ -82,7 +82,7 @@ def _start_stream(core, args):
     job = StreamJob(
         job_id, core.events, top, base,
         backing_file=args.get("backing-file"),
-        on_finished=lambda finished: core.stream_finished(finished, held),
+        on_finished=lambda finished: _stream_finished(table, finished, held),
         speed=args.get("speed", 0), on_error=on_error,
         auto_finalize=args.get("auto-finalize", True),
         auto_dismiss=args.get("auto-dismiss", True),
@@ -100,3 +100,15 @@ def _start_stream(core, args):
         raise
     job.start()
     return {}
+
+
+def _stream_finished(table, job, held):
+    """The job's clean-up: release the blockers; if the top now backs onto the base,
+    close the streamed-out images no chain reaches and forget their node names."""
+    table.unblock(held)
+    if job.top.backing is job.base and job.status != "aborting":
+        live = {id(img) for img in table.all_images()}
+        for image in held[1:]:
+            if id(image) not in live:
+                image.close()
+        table.forget_unused_nodes()

@@ -6,9 +6,14 @@ looked for below the typed device: ``backing_candidates``).  ``CompletionContext
 reads the candidate lists from a core; ``complete_line`` completes a whole line.
 The console's prompt_toolkit completer (monitor/completer.py) uses the same pieces.
 """
+import os
 from typing import Dict, List, Optional, Tuple
 
+from images.chain import chain_of
+
 from .args import _SPACE, ArgSpec, StringKind, compile_args, looks_numeric
+from .errors import CommandError
+from .table import HMP_COMMANDS, INFO_COMMANDS, command_words, find_command
 
 
 def argument_at(args_type: str, text: str) -> Tuple[Optional[ArgSpec], str]:
@@ -23,8 +28,10 @@ def typed_arguments(args_type: str, text: str) -> Dict[str, str]:
 
 
 def _position(args_type: str, text: str):
-    specs = [s for s in compile_args(args_type) if not s.is_flag]
-    flags = [s for s in compile_args(args_type) if s.is_flag]
+    """(the spec the last word fills, that word, the earlier words by spec name)."""
+    compiled = compile_args(args_type)
+    specs = [s for s in compiled if not s.is_flag]
+    flags = [s for s in compiled if s.is_flag]
     words = text.split()
     if text[-1:] in _SPACE or not words:
         words.append("")
@@ -48,8 +55,6 @@ def taken_by_fallback(word_fallback: Dict[str, str], name: str, typed: Dict[str,
 def backing_candidates(core, device: Optional[str]) -> List[str]:
     """What names a base of ``device``: every image strictly below its active image,
     by node name and by the backing name its overlay stores (what ``find_base`` takes)."""
-    from images.chain import chain_of
-    from .errors import CommandError
     if not device:
         return []
     try:
@@ -77,7 +82,6 @@ class CompletionContext:
         self.core = core
 
     def candidates(self, source: str, prefix: str, typed: Optional[Dict[str, str]] = None) -> List[str]:
-        from .table import HMP_COMMANDS, INFO_COMMANDS, command_words
         if source == "files":
             return self.paths(prefix)
         if source == "backing":
@@ -94,7 +98,6 @@ class CompletionContext:
 
     @staticmethod
     def paths(prefix: str) -> List[str]:
-        import os
         directory, _base = os.path.split(prefix)
         try:
             entries = os.listdir(os.path.expanduser(directory) or ".")
@@ -106,7 +109,6 @@ class CompletionContext:
 
 def complete_line(line: str, context) -> Tuple[str, List[str]]:
     """The word being typed at the end of ``line`` and its completions, from the table."""
-    from .table import HMP_COMMANDS, command_words, find_command
     words = line.split()
     if len(words) <= 1 and not line[-1:].isspace():
         prefix = words[0] if words else ""
@@ -123,8 +125,7 @@ def complete_line(line: str, context) -> Tuple[str, List[str]]:
         if command is None:
             return "", []
         rest = rest.lstrip(_SPACE)[len(words[1]):]
-    spec, prefix = argument_at(command.args_type, rest)
-    typed = typed_arguments(command.args_type, rest)
+    spec, prefix, typed = _position(command.args_type, rest)
     if spec is None or taken_by_fallback(command.word_fallback, spec.name, typed):
         return prefix, []
     if spec.is_flag:

@@ -73,7 +73,7 @@ class DeviceTable:
     def forget_unused_nodes(self):
         """Drop node names of images no device chain reaches any more."""
         with self._lock:
-            live = {id(img) for dev in self._devices.values() for img in chain_of(dev.top)}
+            live = {id(img) for img in self.all_images()}
             for name in [n for n, img in self._nodes.items() if id(img) not in live]:
                 del self._nodes[name]
 

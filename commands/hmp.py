@@ -15,11 +15,9 @@ from typing import Callable, Dict, Optional
 from images.errors import BlockError
 
 from . import hmp_info
-from .args import ParseError, parse_arguments
+from .args import _SPACE, ParseError, parse_arguments
 from .errors import CommandError, QemuIoFailed, qmp_error
 from .table import find_command
-
-_SPACE = " \t\n\r\v\f"
 
 
 @dataclass(frozen=True)

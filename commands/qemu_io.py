@@ -16,11 +16,10 @@ from typing import List, Tuple
 from images.driver import DATA, ZERO
 from images.errors import BlockError
 
-from .args import SizeRangeError, parse_size
+from .args import INT64_MAX, SizeRangeError, parse_size
 
 REQUEST_MAX_BYTES = 2147483136          # BDRV_REQUEST_MAX_BYTES
 SECTOR = 512
-INT64_MAX = (1 << 63) - 1
 
 _USAGE = {
     "read": "read [-qv] [-P pattern] off len -- reads a number of bytes at a specified offset",

@@ -6,10 +6,11 @@ converted or defaulted; the handler sees the arguments as given.
 """
 from typing import Optional
 
+from .args import INT64_MAX
 from .errors import COMMAND_NOT_FOUND, CommandError
 from .table import ENUMS, QMP_SCHEMAS
 
-INT64_MIN, INT64_MAX = -(1 << 63), (1 << 63) - 1
+INT64_MIN = -INT64_MAX - 1
 _TYPE_WORDS = {"str": "string", "int": "integer", "bool": "boolean"}
 
 

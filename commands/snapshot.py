@@ -20,29 +20,24 @@ from .errors import CommandError
 KNOWN_FORMATS = ("qcow2", "raw")
 
 
-def _check_format(fmt):
-    if fmt not in KNOWN_FORMATS:
-        raise CommandError("Unknown file format '%s'" % fmt)
-    if fmt == "raw":
-        raise CommandError("Backing file not supported for file format 'raw'")
+def _image_in_file(table, path):
+    """The image of some device's chain that is stored in ``path``, or None."""
+    real = os.path.realpath(path)
+    for image in table.all_images():
+        if os.path.realpath(image.path) == real:
+            return image
+    return None
 
 
 def _check_not_live(table, top, path):
     """Never truncate an image that any device is using."""
-    real = os.path.realpath(path)
-    if os.path.realpath(top.path) == real:
+    if os.path.realpath(top.path) == os.path.realpath(path):
         # QEMU's own text, "Error: " included (HMP then prints it twice, as QEMU does)
         raise CommandError("Error: Trying to create an image with the same filename as the backing file")
-    for image in table.all_images():
-        if os.path.realpath(image.path) == real:
-            raise CommandError("Could not create '%s': it is image '%s' of a device's backing chain"
-                               % (path, image.node_name))
-
-
-def _check_existing_free(table, path):
-    real = os.path.realpath(path)
-    if any(os.path.realpath(image.path) == real for image in table.all_images()):
-        raise CommandError("The overlay is already in use")
+    image = _image_in_file(table, path)
+    if image is not None:
+        raise CommandError("Could not create '%s': it is image '%s' of a device's backing chain"
+                           % (path, image.node_name))
 
 
 def _create_overlay(path, top):
@@ -91,12 +86,15 @@ def _snapshot_target(table, args):
 
 def _make_overlay(table, top, path, fmt, mode):
     """Create (or, in mode 'existing', open) the overlay file; nothing is left behind on failure."""
+    # _snapshot_target has refused unknown formats; raw cannot have a backing image.
     if mode == "existing":
-        _check_existing_free(table, path)
+        if _image_in_file(table, path) is not None:
+            raise CommandError("The overlay is already in use")
         if fmt == "raw":
             raise CommandError("The overlay does not support backing images")
         return _open_existing(path)
-    _check_format(fmt)
+    if fmt == "raw":
+        raise CommandError("Backing file not supported for file format 'raw'")
     _check_not_live(table, top, path)
     _create_overlay(path, top)
     try:
