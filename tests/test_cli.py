@@ -1,4 +1,8 @@
 """The blockmon command line: -drive parsing and device naming (pure), and main()'s exits."""
+import os
+import subprocess
+import sys
+
 import pytest
 
 from monitor import cli
@@ -104,3 +108,16 @@ def test_main_version_and_help(capsys):
     assert out.startswith("usage: blockmon [options] [IMAGE...]")
     for option in ("-drive", "-c COMMAND", "-q", "-qmp", "-monitor", "--demo", "--walkthrough"):
         assert option in out
+
+
+def test_a_command_line_session_loads_no_terminal_or_server_libraries():
+    """`blockmon -c quit` starts fast (issue 6: <= 0.5 s) because it imports no UI or socket stack."""
+    code = ("import sys\n"
+            "from monitor.cli import main\n"
+            "status = main(['-c', 'quit'])\n"
+            "heavy = [m for m in ('rich', 'asyncio', 'prompt_toolkit', 'pygments') if m in sys.modules]\n"
+            "print(status, ' '.join(heavy))\n")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                            stdin=subprocess.DEVNULL, check=True)
+    assert result.stdout.split() == ["0"]
