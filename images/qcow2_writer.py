@@ -10,8 +10,7 @@ plan runs the metadata-overlap checks (qcow2_overlap) on every in-place host run
 every L2 table reached through L1, so a refused write leaves the file unchanged.
 """
 from .qcow2_format import (AUTOCLEAR_FEATURES_OFFSET, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED,
-                           QCOW_OFLAG_COPIED, QCOW_OFLAG_ZERO, QCOW2_COMPRESSED_SECTOR_SIZE,
-                           image_error)
+                           QCOW_OFLAG_COPIED, QCOW_OFLAG_ZERO, compressed_extent, image_error)
 
 ZERO_CHUNK = 1 << 20      # explicit zero writes (v2 with a backing file) go out in chunks
 
@@ -173,11 +172,7 @@ class Qcow2Writer:
     def _free_entry(self, entry: int) -> None:
         """Drop this image's reference to the host cluster(s) behind an old L2 entry."""
         if entry & QCOW_OFLAG_COMPRESSED:
-            shift = 62 - (self.map.cluster_bits - 8)
-            coffset = entry & ((1 << shift) - 1)
-            sectors = ((entry >> shift) & ((1 << (self.map.cluster_bits - 8)) - 1)) + 1
-            csize = sectors * QCOW2_COMPRESSED_SECTOR_SIZE - (coffset & 511)
-            self.refcounts.update(coffset, csize, -1)
+            self.refcounts.update(*compressed_extent(entry, self.map.cluster_bits), -1)
             return
         host = entry & L2E_OFFSET_MASK
         if host:
