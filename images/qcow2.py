@@ -183,10 +183,10 @@ class Qcow2Image(Qcow2Writer, BlockImage):
     def set_backing_reference(self, name: Optional[str], fmt: Optional[str]) -> None:
         with self.lock:
             self._check_writable()
-            if name is not None and len(name.encode("utf-8", "surrogateescape")) > \
-                    MAX_BACKING_NAME:
+            name_len = len(name.encode("utf-8", "surrogateescape")) if name is not None else 0
+            if name_len > MAX_BACKING_NAME:
                 raise image_error(self.path, "backing file name of %d bytes exceeds %d"
-                                  % (len(name.encode()), MAX_BACKING_NAME), name)
+                                  % (name_len, MAX_BACKING_NAME), name)
             # Growth moved the refcount table since open: the rewrite must say where.
             self.header.fields.update(refcount_table_offset=self.refcounts.table_offset,
                                       refcount_table_clusters=self.refcounts.table_clusters)
