@@ -78,8 +78,7 @@ class Qcow2Writer:
         """(l1_index, start, end, entries, owned, in-place runs (host, lo, hi)), checked."""
         bits, csize = self.map.cluster_bits, self.cluster_size
         self._check_l2_target(l1_index, start)
-        first = (start >> bits) & (self.map.l2_entries - 1)
-        count = ((end - 1) >> bits) - (start >> bits) + 1
+        first, count = self.map.slots(start, end)
         entries = self.map.entries(l1_index, first, count)
         owned = [self._owned(e) for e in entries]
         limit = self.refcounts.free_index << bits
@@ -105,9 +104,9 @@ class Qcow2Writer:
         return l1_index, start, end, entries, owned, runs
 
     def _write_segment(self, plan: tuple, data: memoryview) -> None:
-        l1_index, start, _, entries, owned, runs = plan
-        bits, csize = self.map.cluster_bits, self.cluster_size
-        first = (start >> bits) & (self.map.l2_entries - 1)
+        l1_index, start, end, entries, owned, runs = plan
+        csize = self.cluster_size
+        first, _ = self.map.slots(start, end)
         for host, lo, hi in runs:
             self.io.pwrite(data[lo - start:hi - start], host)
         fresh = [i for i in range(len(entries)) if not owned[i]]
@@ -234,12 +233,10 @@ class Qcow2Writer:
 
     def _set_clusters(self, offset: int, length: int, new: int) -> None:
         """Set every L2 entry of the range to ``new`` (0 or the zero flag), then free."""
-        bits = self.map.cluster_bits
         for l1_index, start, end in self._segments(offset, length):
             if not self.map.l2_offset(l1_index) and (new == 0 or not self._has_backing()):
                 continue      # no table: already unallocated, and that reads as zeros
-            first = (start >> bits) & (self.map.l2_entries - 1)
-            count = ((end - 1) >> bits) - (start >> bits) + 1
+            first, count = self.map.slots(start, end)
             entries = self.map.entries(l1_index, first, count)
             if all(e == new for e in entries):
                 continue
