@@ -60,10 +60,18 @@ class RawImage(BlockImage):
             raise _open_error(path, IsADirectoryError(errno.EISDIR, "Is a directory"))
         return cls(path, fd, read_only)
 
+    @property
+    def fd(self) -> Optional[int]:
+        """The open file descriptor (None once closed): its bytes are the guest's bytes."""
+        return self._fd
+
     # -- helpers -----------------------------------------------------------
-    def _check_range(self, offset: int, length: int, operation: str) -> None:
+    def _check_open(self) -> None:
         if self._fd is None:
             raise ImageError("Image '%s' is closed" % self.path, path=self.path)
+
+    def _check_range(self, offset: int, length: int, operation: str) -> None:
+        self._check_open()
         if offset < 0 or length < 0 or offset + length > self.virtual_size:
             raise ImageError(
                 "Cannot %s %d bytes at offset %d of '%s': image size is %d"
@@ -175,8 +183,7 @@ class RawImage(BlockImage):
 
     def set_read_only(self, read_only: bool) -> None:
         with self.lock:
-            if self._fd is None:
-                raise ImageError("Image '%s' is closed" % self.path, path=self.path)
+            self._check_open()
             if read_only == self.read_only:
                 return
             try:
