@@ -11,12 +11,11 @@ only about the ranges the layers above it leave unallocated, so its cost follows
 allocation, not the virtual size.  ``qemu_img_map`` reshapes the same answer into
 ``qemu-img map --output=json`` entries (QEMU's ``get_block_status`` in qemu-img.c).
 """
-import errno
 import os
 from typing import Dict, Iterator, List, NamedTuple, Optional
 
 from images.driver import DATA, UNALLOCATED, ZERO, BlockImage, Run
-from images.errors import BlockError, ChainError, ImageError
+from images.errors import BlockError, ChainError, ImageError, os_error_text
 from images.raw import RawImage
 
 MAX_CHAIN_DEPTH = 128          # images in one chain, the top included
@@ -29,12 +28,8 @@ def probe_format(path: str) -> str:
         with open(path, "rb") as f:
             magic = f.read(len(QCOW2_MAGIC))
     except OSError as err:
-        raise ImageError("Could not open '%s': %s" % (path, _strerror(err)), path=path) from err
+        raise ImageError("Could not open '%s': %s" % (path, os_error_text(err)), path=path) from err
     return "qcow2" if magic == QCOW2_MAGIC else "raw"
-
-
-def _strerror(err: OSError) -> str:
-    return os.strerror(err.errno or errno.EIO)
 
 
 def _absolute(path: str, directory: Optional[str] = None) -> str:
@@ -115,7 +110,7 @@ def _open_backing(chain: List[BlockImage], seen: set, read_only: bool, drivers) 
     try:
         identity = _file_identity(target)
     except OSError as err:
-        raise _backing_error(chain, name, _strerror(err)) from err
+        raise _backing_error(chain, name, os_error_text(err)) from err
     if identity in seen:
         raise ChainError("Backing chain loop: %s" % _chain_text(chain, target),
                          chain=[image.path for image in chain] + [target], path=target)

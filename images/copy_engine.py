@@ -52,7 +52,7 @@ def source_fd(image) -> Optional[int]:
     if type(image) is Qcow2Image and image.io is not None:
         return image.io.fd
     if type(image) is RawImage:
-        return image._fd  # pylint: disable=protected-access
+        return image.fd
     return None
 
 

@@ -9,8 +9,10 @@
 Every error carries ``desc``, the one-line message shown to the user (QEMU's text
 where QEMU has one), plus structured fields naming what went wrong. Mapping to QMP
 error classes happens in exactly one place, ``commands/errors.py``.
+``os_error_text`` is the strerror text that messages about a failed OS call quote.
 """
 import errno as _errno
+import os
 
 
 class BlockError(Exception):
@@ -42,7 +44,7 @@ class ImageIOError(BlockError):
     """An I/O error on an image; ``errno`` is the OS error number (EIO, ENOSPC, ...)."""
 
     def __init__(self, desc: str = None, errno: int = _errno.EIO, operation: str = "read"):
-        super().__init__(desc or _errno_text(errno))
+        super().__init__(desc or os.strerror(errno))
         self.errno = errno
         self.operation = operation
 
@@ -55,6 +57,6 @@ class JobError(BlockError):
         self.not_found = not_found
 
 
-def _errno_text(err: int) -> str:
-    import os
-    return os.strerror(err)
+def os_error_text(err: OSError) -> str:
+    """strerror of an OSError's errno (EIO when the error carries none)."""
+    return os.strerror(err.errno or _errno.EIO)

@@ -272,13 +272,10 @@ class Job:
             if self._user_paused:
                 self._unpause_user()
             self._cancelled = True
-            if not self._started:
+            if not self._started or self._body_done:
+                # No body will return (never started, or held in 'pending' for finalize):
+                # conclude now, as a body that returned after the cancel would.
                 self._completed(None)
-            elif self._body_done:
-                # Finished body, waiting for finalize (auto-finalize off): abort now.
-                self.error = os.strerror(errno.ECANCELED)
-                self._transition("aborting")
-                self._finalize_single()
             else:
                 self._wake.notify_all()
         self._raise_hook_errors(known)

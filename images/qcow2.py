@@ -10,12 +10,12 @@ import os
 import zlib
 from typing import List, Optional
 
-from .driver import DATA, UNALLOCATED, ZERO, BlockImage, Run
+from .driver import DATA, UNALLOCATED, BlockImage, Run
 from .errors import ImageError
 from .qcow2_format import (HEADER_STRUCT, MAX_BACKING_NAME, MAX_CLUSTER_BITS,
                            MAX_HEADER_AREA_WRITE, MIN_CLUSTER_BITS, QCOW2_COMPAT_LAZY_REFCOUNTS,
                            QCOW2_COMPRESSION_TYPE_ZSTD, QCOW2_EXT_MAGIC_FEATURE_TABLE, QCOW2_INCOMPAT_CORRUPT,
-                           QCOW2_INCOMPAT_DIRTY, QCOW2_COMPRESSED_SECTOR_SIZE,
+                           QCOW2_INCOMPAT_DIRTY, compressed_extent,
                            MAX_VIRTUAL_SIZE, Qcow2Header, feature_table, image_error, new_header,
                            pack_header_area, parse_header)
 from .qcow2_overlap import MetadataIndex
@@ -130,10 +130,7 @@ class Qcow2Image(Qcow2Writer, BlockImage):
     def _decompress(self, entry: int) -> bytes:
         if self._last_compressed[0] == entry:
             return self._last_compressed[1]
-        shift = 62 - (self.header.cluster_bits - 8)
-        coffset = entry & ((1 << shift) - 1)
-        sectors = ((entry >> shift) & ((1 << (self.header.cluster_bits - 8)) - 1)) + 1
-        csize = sectors * QCOW2_COMPRESSED_SECTOR_SIZE - (coffset & 511)
+        coffset, csize = compressed_extent(entry, self.header.cluster_bits)
         raw = self.io.pread(csize, coffset)
         try:
             if self.header.compression_type == QCOW2_COMPRESSION_TYPE_ZSTD:
@@ -186,10 +183,10 @@ class Qcow2Image(Qcow2Writer, BlockImage):
     def set_backing_reference(self, name: Optional[str], fmt: Optional[str]) -> None:
         with self.lock:
             self._check_writable()
-            if name is not None and len(name.encode("utf-8", "surrogateescape")) > \
-                    MAX_BACKING_NAME:
+            name_len = len(name.encode("utf-8", "surrogateescape")) if name is not None else 0
+            if name_len > MAX_BACKING_NAME:
                 raise image_error(self.path, "backing file name of %d bytes exceeds %d"
-                                  % (len(name.encode()), MAX_BACKING_NAME), name)
+                                  % (name_len, MAX_BACKING_NAME), name)
             # Growth moved the refcount table since open: the rewrite must say where.
             self.header.fields.update(refcount_table_offset=self.refcounts.table_offset,
                                       refcount_table_clusters=self.refcounts.table_clusters)

@@ -82,6 +82,15 @@ FEATURE_NAMES = (
 FEATURE_ENTRY = struct.Struct(">BB46s")
 
 
+def compressed_extent(entry: int, cluster_bits: int) -> Tuple[int, int]:
+    """(host offset, byte count) of the compressed data an L2 entry points at (spec:
+    "Compressed Clusters Descriptor"; the count is whole sectors less the first's head)."""
+    shift = 62 - (cluster_bits - 8)
+    offset = entry & ((1 << shift) - 1)
+    sectors = ((entry >> shift) & ((1 << (cluster_bits - 8)) - 1)) + 1
+    return offset, sectors * QCOW2_COMPRESSED_SECTOR_SIZE - (offset & 511)
+
+
 def image_error(path: str, text: str, value=None) -> ImageError:
     """The one-line refusal every check uses: 'Image PATH: TEXT'."""
     return ImageError("Image %s: %s" % (path, text), path=path, value=value)

@@ -8,6 +8,7 @@ header is pointed at it.  A process killed at any instant leaves at worst cluste
 with a refcount but no user (leaks), never a user without a refcount.
 """
 import struct
+import sys
 from array import array
 from collections import OrderedDict
 
@@ -22,9 +23,18 @@ def be_array(raw: bytes) -> array:
     """A big-endian u64 table as a native array (8 bytes an entry, no Python ints)."""
     table = array("Q")
     table.frombytes(raw)
-    if struct.pack("=H", 1) != struct.pack(">H", 1):
+    if sys.byteorder != "big":
         table.byteswap()
     return table
+
+
+def be_bytes(table: array) -> bytes:
+    """The inverse of ``be_array``: the table as big-endian bytes."""
+    if sys.byteorder == "big":
+        return table.tobytes()
+    swapped = array("Q", table)
+    swapped.byteswap()
+    return swapped.tobytes()
 
 
 class RefcountBlockCodec:
@@ -283,10 +293,7 @@ class RefcountManager:
             capacity = max(capacity, wanted[-1] + 1)
 
     def _switch_table(self, table: array, offset: int, clusters: int) -> None:
-        swapped = array("Q", table)
-        if struct.pack("=H", 1) != struct.pack(">H", 1):
-            swapped.byteswap()
-        self.io.pwrite(swapped.tobytes(), offset)
+        self.io.pwrite(be_bytes(table), offset)
         self.io.pwrite(REFCOUNT_TABLE_FIELDS.pack(offset, clusters),
                        REFCOUNT_TABLE_FIELDS_OFFSET)
         old_offset, old_clusters = self.table_offset, self.table_clusters

@@ -122,6 +122,11 @@ class AddressMap:
         if len(self.l2_cache) > L2_CACHE_SIZE:
             self.l2_cache.popitem(last=False)
 
+    def slots(self, start: int, end: int):
+        """(first, count): the L2 entries of one table that guest range [start, end) touches."""
+        bits = self.cluster_bits
+        return (start >> bits) & (self.l2_entries - 1), ((end - 1) >> bits) - (start >> bits) + 1
+
     def entries(self, l1_index: int, first: int, count: int):
         """L2 entries [first, first+count) of one table (zeros when it has no table)."""
         offset = self.l2_offset(l1_index)
@@ -158,8 +163,7 @@ class AddressMap:
         """Runs of one L2 table's range, already merged where the entries allow it (a
         table of equal entries is one comparison; clusters are walked only in mixed ones)."""
         bits = self.cluster_bits
-        first = (start >> bits) & (self.l2_entries - 1)
-        count = ((end - 1) >> bits) - (start >> bits) + 1
+        first, count = self.slots(start, end)
         raw = bytes(memoryview(self.l2_table(self.l2_offset(l1_index)))[first * 8:(first + count) * 8])
         if _uniform(raw, _NO_ENTRY):
             yield (UNALLOCATED, start, end - start, None, 0)

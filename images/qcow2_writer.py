@@ -10,8 +10,7 @@ plan runs the metadata-overlap checks (qcow2_overlap) on every in-place host run
 every L2 table reached through L1, so a refused write leaves the file unchanged.
 """
 from .qcow2_format import (AUTOCLEAR_FEATURES_OFFSET, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED,
-                           QCOW_OFLAG_COPIED, QCOW_OFLAG_ZERO, QCOW2_COMPRESSED_SECTOR_SIZE,
-                           image_error)
+                           QCOW_OFLAG_COPIED, QCOW_OFLAG_ZERO, compressed_extent, image_error)
 
 ZERO_CHUNK = 1 << 20      # explicit zero writes (v2 with a backing file) go out in chunks
 
@@ -79,8 +78,7 @@ class Qcow2Writer:
         """(l1_index, start, end, entries, owned, in-place runs (host, lo, hi)), checked."""
         bits, csize = self.map.cluster_bits, self.cluster_size
         self._check_l2_target(l1_index, start)
-        first = (start >> bits) & (self.map.l2_entries - 1)
-        count = ((end - 1) >> bits) - (start >> bits) + 1
+        first, count = self.map.slots(start, end)
         entries = self.map.entries(l1_index, first, count)
         owned = [self._owned(e) for e in entries]
         limit = self.refcounts.free_index << bits
@@ -106,9 +104,9 @@ class Qcow2Writer:
         return l1_index, start, end, entries, owned, runs
 
     def _write_segment(self, plan: tuple, data: memoryview) -> None:
-        l1_index, start, _, entries, owned, runs = plan
-        bits, csize = self.map.cluster_bits, self.cluster_size
-        first = (start >> bits) & (self.map.l2_entries - 1)
+        l1_index, start, end, entries, owned, runs = plan
+        csize = self.cluster_size
+        first, _ = self.map.slots(start, end)
         for host, lo, hi in runs:
             self.io.pwrite(data[lo - start:hi - start], host)
         fresh = [i for i in range(len(entries)) if not owned[i]]
@@ -173,11 +171,7 @@ class Qcow2Writer:
     def _free_entry(self, entry: int) -> None:
         """Drop this image's reference to the host cluster(s) behind an old L2 entry."""
         if entry & QCOW_OFLAG_COMPRESSED:
-            shift = 62 - (self.map.cluster_bits - 8)
-            coffset = entry & ((1 << shift) - 1)
-            sectors = ((entry >> shift) & ((1 << (self.map.cluster_bits - 8)) - 1)) + 1
-            csize = sectors * QCOW2_COMPRESSED_SECTOR_SIZE - (coffset & 511)
-            self.refcounts.update(coffset, csize, -1)
+            self.refcounts.update(*compressed_extent(entry, self.map.cluster_bits), -1)
             return
         host = entry & L2E_OFFSET_MASK
         if host:
@@ -239,12 +233,10 @@ class Qcow2Writer:
 
     def _set_clusters(self, offset: int, length: int, new: int) -> None:
         """Set every L2 entry of the range to ``new`` (0 or the zero flag), then free."""
-        bits = self.map.cluster_bits
         for l1_index, start, end in self._segments(offset, length):
             if not self.map.l2_offset(l1_index) and (new == 0 or not self._has_backing()):
                 continue      # no table: already unallocated, and that reads as zeros
-            first = (start >> bits) & (self.map.l2_entries - 1)
-            count = ((end - 1) >> bits) - (start >> bits) + 1
+            first, count = self.map.slots(start, end)
             entries = self.map.entries(l1_index, first, count)
             if all(e == new for e in entries):
                 continue

@@ -13,7 +13,7 @@ import stat
 from typing import List, Optional
 
 from images.driver import DATA, ZERO, BlockImage, Run
-from images.errors import ImageError, ImageIOError
+from images.errors import ImageError, ImageIOError, os_error_text
 
 FALLOC_FL_KEEP_SIZE = 0x01   # linux/falloc.h
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -36,7 +36,7 @@ _fallocate = _load_fallocate()
 
 
 def _open_error(path: str, err: OSError) -> ImageError:
-    return ImageError("Could not open '%s': %s" % (path, os.strerror(err.errno or errno.EIO)), path=path)
+    return ImageError("Could not open '%s': %s" % (path, os_error_text(err)), path=path)
 
 
 class RawImage(BlockImage):
@@ -60,10 +60,18 @@ class RawImage(BlockImage):
             raise _open_error(path, IsADirectoryError(errno.EISDIR, "Is a directory"))
         return cls(path, fd, read_only)
 
+    @property
+    def fd(self) -> Optional[int]:
+        """The open file descriptor (None once closed): its bytes are the guest's bytes."""
+        return self._fd
+
     # -- helpers -----------------------------------------------------------
-    def _check_range(self, offset: int, length: int, operation: str) -> None:
+    def _check_open(self) -> None:
         if self._fd is None:
             raise ImageError("Image '%s' is closed" % self.path, path=self.path)
+
+    def _check_range(self, offset: int, length: int, operation: str) -> None:
+        self._check_open()
         if offset < 0 or length < 0 or offset + length > self.virtual_size:
             raise ImageError(
                 "Cannot %s %d bytes at offset %d of '%s': image size is %d"
@@ -175,8 +183,7 @@ class RawImage(BlockImage):
 
     def set_read_only(self, read_only: bool) -> None:
         with self.lock:
-            if self._fd is None:
-                raise ImageError("Image '%s' is closed" % self.path, path=self.path)
+            self._check_open()
             if read_only == self.read_only:
                 return
             try:
@@ -184,7 +191,7 @@ class RawImage(BlockImage):
             except OSError as err:
                 raise ImageError("Could not reopen '%s' %s: %s" % (
                     self.path, "read-only" if read_only else "read-write",
-                    os.strerror(err.errno or errno.EIO)), path=self.path) from err
+                    os_error_text(err)), path=self.path) from err
             if read_only:
                 self.flush()
             os.close(self._fd)
@@ -212,12 +219,12 @@ def create_raw(path: str, virtual_size: int) -> None:
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
     except OSError as err:
-        raise ImageError("Could not create '%s': %s" % (path, os.strerror(err.errno or errno.EIO)),
+        raise ImageError("Could not create '%s': %s" % (path, os_error_text(err)),
                          path=path) from err
     try:
         os.ftruncate(fd, virtual_size)
     except OSError as err:
         raise ImageError("Could not resize '%s' to %d bytes: %s" % (
-            path, virtual_size, os.strerror(err.errno or errno.EIO)), path=path) from err
+            path, virtual_size, os_error_text(err)), path=path) from err
     finally:
         os.close(fd)

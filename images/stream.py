@@ -15,7 +15,7 @@ clusters changes; they equal what the chain returned, so the image stays right.
 import os
 import time
 
-from .chain import chain_of, extents_above
+from .chain import chain_of
 from .copy_engine import (Writeback, clipped, copy_batch, fast_path_top, next_window, plan_batch,
                           work_extents)
 from .driver import UNALLOCATED, ZERO

@@ -250,3 +250,17 @@ def test_closed_image_and_out_of_range(tmp_path):
     with pytest.raises(ImageError) as err:
         image.read(0, 1)
     assert err.value.desc == "Image %s: image is closed" % path
+
+
+def test_set_backing_reference_too_long_undecodable_name_is_refused(tmp_path):
+    # A stored name may hold bytes that are not UTF-8 (kept as surrogate escapes);
+    # the length refusal must count them the same way, not fail to encode them.
+    path = str(tmp_path / "img.qcow2")
+    create_qcow2(path, M)
+    before = open(path, "rb").read()
+    image = Qcow2Image.open(path)
+    with pytest.raises(ImageError) as err:
+        image.set_backing_reference("\udcff" * 1024, "qcow2")
+    assert err.value.desc == "Image %s: backing file name of 1024 bytes exceeds 1023" % path
+    image.close()
+    assert open(path, "rb").read() == before
