@@ -87,10 +87,6 @@ def _start_stream(core, args):
         auto_finalize=args.get("auto-finalize", True),
         auto_dismiss=args.get("auto-dismiss", True),
     )
-    if top.backing is not base:
-        # QEMU's stream coroutine sets len before block-stream returns, so an
-        # 'info block-jobs' typed right after shows "of <size> bytes", never "of 0".
-        job.set_len(top.virtual_size)
     table.block(held, "stream")
     try:
         # QEMU's job_create order: id checks, 'created', then the speed check ('null' if it fails)

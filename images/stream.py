@@ -62,16 +62,22 @@ class StreamJob(Job):
         self.new_backing_format = base.format_name if base is not None else None
         self._on_finished = on_finished
         self._was_read_only = top.read_only
+        # QEMU: streaming onto the direct backing file (or without one) copies
+        # nothing and reports len 0; otherwise len is known before block-stream
+        # returns, so 'info block-jobs' typed at once never shows "of 0 bytes".
+        # The top's backing cannot change meanwhile: the job holds the top busy.
+        self.nothing_to_stream = top.backing is base
+        if not self.nothing_to_stream:
+            self.set_len(top.virtual_size)
 
     # -- the body ------------------------------------------------------------
     def run(self):
         top = self.top
-        if top.backing is self.base:
-            return  # nothing to stream: len and offset stay 0, as in QEMU
+        if self.nothing_to_stream:
+            return
         if self._was_read_only:
             top.set_read_only(False)
-        length = top.virtual_size
-        self.set_len(length)
+        length = self.len
         offset, window = 0, self.batch_size
         while offset < length:
             if not self.checkpoint():
@@ -146,7 +152,7 @@ class StreamJob(Job):
 
     # -- completion ----------------------------------------------------------
     def prepare(self):
-        if self.top.backing is self.base:
+        if self.nothing_to_stream:
             return
         top = self.top
         with top.lock:
