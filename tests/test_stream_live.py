@@ -36,6 +36,19 @@ def make_chain(directory, size_mib, base_data_mib, mid_data_mib=0):
     return os.path.join(directory, "top.qcow2")
 
 
+def guest_model(tmp_path, top):
+    """What the guest sees now, as a raw file and a bytearray to apply writes to."""
+    model_path = str(tmp_path / "model.raw")
+    run("qemu-img", "convert", "-O", "raw", top, model_path)
+    with open(model_path, "rb") as f:
+        return model_path, bytearray(f.read())
+
+
+def save_model(model_path, model):
+    with open(model_path, "wb") as f:
+        f.write(model)
+
+
 def core_for(top_path):
     core = BlockCore()
     core.add_drive("virtio0", top_path)
@@ -128,10 +141,7 @@ def test_read_error_stop_then_resume_completes(tmp_path, qemu_img):
 def test_guest_writes_during_stream_all_survive(tmp_path, qemu_img):
     size = 32 * MiB
     top = make_chain(str(tmp_path), 32, 16, mid_data_mib=12)
-    model_path = str(tmp_path / "model.raw")
-    run("qemu-img", "convert", "-O", "raw", top, model_path)
-    with open(model_path, "rb") as f:
-        model = bytearray(f.read())
+    model_path, model = guest_model(tmp_path, top)
     core, _ = core_for(top)
     device = core.active_image("virtio0")
     core.execute("block-stream", {"device": "virtio0", "speed": 4 * MiB})
@@ -149,8 +159,7 @@ def test_guest_writes_during_stream_all_survive(tmp_path, qemu_img):
         core.execute("block-job-set-speed", {"device": "virtio0", "speed": 0})
     assert core.wait_jobs(timeout=120)
     core.shutdown()
-    with open(model_path, "wb") as f:
-        f.write(model)
+    save_model(model_path, model)
     assert "backing-filename" not in info(top)
     assert check_clean(top)[0]
     same, text = identical(top, model_path, "qcow2", "raw")
@@ -208,10 +217,7 @@ def test_snapshot_and_stream_under_guest_writes_lose_nothing(tmp_path, qemu_img)
     """Live copy while a guest writes: every write lands, before or after the switch."""
     size = 16 * MiB
     top = make_chain(str(tmp_path), 16, 8, mid_data_mib=4)
-    model_path = str(tmp_path / "model.raw")
-    run("qemu-img", "convert", "-O", "raw", top, model_path)
-    with open(model_path, "rb") as f:
-        model = bytearray(f.read())
+    model_path, model = guest_model(tmp_path, top)
     core, _ = core_for(top)
     target = str(tmp_path / "copy.qcow2")
     stop = threading.Event()
@@ -240,8 +246,7 @@ def test_snapshot_and_stream_under_guest_writes_lose_nothing(tmp_path, qemu_img)
     core.shutdown()
     for offset, data in log:
         model[offset:offset + len(data)] = data
-    with open(model_path, "wb") as f:
-        f.write(model)
+    save_model(model_path, model)
     assert len(log) > 50
     assert "backing-filename" not in info(target)
     assert check_clean(target)[0] and check_clean(top)[0]
