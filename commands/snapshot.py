@@ -12,7 +12,7 @@ file as typed.
 """
 import os
 
-from images.job_states import id_wellformed
+from images.jobs.states import id_wellformed
 from images.qcow2 import Qcow2Image, create_qcow2
 
 from .errors import CommandError

@@ -50,7 +50,7 @@ def _driver_class(fmt: str, path: str, drivers: Optional[Dict[str, type]]):
     if fmt == "raw":
         return RawImage
     if fmt == "qcow2":
-        from images.qcow2 import Qcow2Image   # imported late: raw-only use needs no qcow2
+        from images.qcow2.image import Qcow2Image   # imported late: raw-only use needs no qcow2
         return Qcow2Image
     raise ImageError("Could not open '%s': Unknown driver '%s'" % (path, fmt), path=path, value=fmt)
 

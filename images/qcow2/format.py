@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from .errors import ImageError
+from ..errors import ImageError
 
 QCOW_MAGIC = b"QFI\xfb"
 

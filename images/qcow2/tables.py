@@ -11,11 +11,11 @@ import os
 import struct
 from collections import OrderedDict
 
-from .driver import DATA, UNALLOCATED, ZERO
-from .errors import ImageIOError
-from .qcow2_format import (L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED,
+from ..driver import DATA, UNALLOCATED, ZERO
+from ..errors import ImageIOError
+from .format import (L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED,
                            QCOW_OFLAG_ZERO, image_error)
-from .qcow2_refcount import be_array
+from .refcount import be_array
 
 COMPRESSED = "compressed"
 L2_CACHE_SIZE = 32
