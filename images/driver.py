@@ -12,6 +12,9 @@ import threading
 from dataclasses import dataclass
 from typing import List, NamedTuple, Optional
 
+# The image formats blockmon opens and creates (QEMU's driver names): the one list.
+FORMATS = ("qcow2", "raw")
+
 DATA = "data"              # this layer holds the bytes
 ZERO = "zero"              # this layer says: reads as zero (qcow2 zero flag)
 UNALLOCATED = "unallocated"  # this layer does not say; read the backing image
