@@ -1,4 +1,5 @@
-"""The stream's kernel-side fast path (images.jobs.copy_plan, images.qcow2.batch), judged by qemu-img compare/check.
+"""The stream's kernel-side fast path (images.jobs.copy_plan planning, images.qcow2.batch
+copying), judged by qemu-img compare/check.
 
 Every chain is streamed by a real BlockCore; the result must read exactly like the
 chain did (qemu-img compare against an untouched copy), check clean, and drop (or
