@@ -158,3 +158,36 @@ def test_cycle_finder_sees_a_circle():
     graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
     assert cycles(graph) == [frozenset({"a", "b", "c"})]
     assert cycles({"a": {"b"}, "b": set()}) == []
+
+
+def private_members_used(path):
+    """(line, expression) for every ``x._name`` in ``path`` where x is not self, cls or super()."""
+    with open(path) as f:
+        tree = ast.parse(f.read(), path)
+    for node in ast.walk(tree):
+        if not (isinstance(node, ast.Attribute) and node.attr.startswith("_")
+                and not node.attr.startswith("__")):
+            continue
+        owner = node.value
+        if isinstance(owner, ast.Name) and owner.id in ("self", "cls"):
+            continue
+        if isinstance(owner, ast.Call) and getattr(owner.func, "id", None) == "super":
+            continue
+        if node.attr == "_replace":     # NamedTuple's public API
+            continue
+        yield node.lineno, ast.unparse(node)
+
+
+def test_the_job_engine_uses_no_private_member_of_an_image():
+    """The copy path calls the format's public batch-write entry point (copy_batch),
+    not the writer's private methods."""
+    offenders = ["%s:%d %s" % (os.path.relpath(path, ROOT), line, expr)
+                 for path in python_files(os.path.join("images", "jobs"))
+                 for line, expr in private_members_used(path)]
+    assert offenders == []
+
+
+def test_private_member_finder_sees_one(tmp_path):
+    sample = tmp_path / "m.py"
+    sample.write_text("def f(top):\n    top._install(1)\n    self._ok()\n    super()._ok()\n")
+    assert list(private_members_used(str(sample))) == [(2, "top._install")]
