@@ -13,16 +13,13 @@ file (the data must be durable first), then the backing reference is rewritten t
 clusters changes; they equal what the chain returned, so the image stays right.
 """
 import os
-import time
 
 from ..chain import chain_of
-from ..driver import UNALLOCATED, ZERO
-from ..errors import ImageIOError
-from .blockjob import BlockJob
-from .copy_plan import Writeback, clipped, fast_path_top, next_window, plan_batch, work_extents
+from .copy_plan import clipped, copy_extents, fast_path_top, work_extents
+from .range_copy import COPY_BATCH, COPY_CHUNK, RangeCopyJob
 
-STREAM_CHUNK = 512 * 1024          # QEMU's chunk: the step while a speed is set
-STREAM_BATCH = 4 * 1024 * 1024     # the step at full speed: one lock hold each (guest p99)
+STREAM_CHUNK = COPY_CHUNK
+STREAM_BATCH = COPY_BATCH
 
 
 def backing_reference_for(top, base, explicit=None):
@@ -42,21 +39,17 @@ def backing_reference_for(top, base, explicit=None):
     return base.path
 
 
-class StreamJob(BlockJob):
+class StreamJob(RangeCopyJob):
     job_type = "stream"
     # QEMU's stream_run passes is_read=true: the failed request is the copy-on-read
     # prefetch, even when it was the write into the top that failed.
     error_operation = "read"
 
     def __init__(self, job_id, events, top, base, *, backing_file=None,
-                 on_finished=None, chunk_size=STREAM_CHUNK, batch_size=STREAM_BATCH,
-                 **job_options):
+                 on_finished=None, **job_options):
         super().__init__(job_id, events, **job_options)
         self.top = top
         self.base = base
-        self.chunk_size = chunk_size
-        self.batch_size = max(batch_size, chunk_size)
-        self._writeback = Writeback()
         self.new_backing_name = backing_reference_for(top, base, backing_file)
         self.new_backing_format = base.format_name if base is not None else None
         self._on_finished = on_finished
@@ -69,38 +62,16 @@ class StreamJob(BlockJob):
         if not self.nothing_to_stream:
             self.set_len(top.virtual_size)
 
-    # -- the body ------------------------------------------------------------
-    def run(self):
-        top = self.top
-        if self.nothing_to_stream:
-            return
-        if self._was_read_only:
-            top.set_read_only(False)
-        length = self.len
-        offset, window = 0, self.batch_size
-        while offset < length:
-            if not self.checkpoint():
-                return
-            # Small steps keep a rate limit accurate; big ones amortise the planning.
-            step = self.chunk_size if self.speed else self.batch_size
-            window = max(window, step)
-            started = time.monotonic()
-            try:
-                advance, copied = self._stream_chunk(offset, min(window, length - offset), step)
-            except ImageIOError as err:
-                action = self.error_action(err)
-                if action == "retry":
-                    continue
-                if action != "ignore":
-                    raise
-                advance, copied = min(step, length - offset), 0
-            window = next_window(window, step, advance, time.monotonic() - started)
-            self.account_copied(copied)
-            self.progress(advance)
-            offset += advance
-        self._early_flush()
+    @property
+    def nothing_to_copy(self) -> bool:
+        return self.nothing_to_stream
 
-    def _stream_chunk(self, offset, window, step):
+    # -- the body ------------------------------------------------------------
+    def before_copy(self):
+        if self._was_read_only:
+            self.top.set_read_only(False)
+
+    def copy_window(self, offset, window, step):
         """Find the first range in [offset, offset+window) that needs copying and copy
         at most ``step`` bytes from there; returns (bytes advanced, bytes copied).
 
@@ -110,27 +81,18 @@ class StreamJob(BlockJob):
         through the write path.
         """
         top = self.top
-        written = (0, 0)
         with top.lock:
             extents = work_extents(top, self.base, offset, window)
             if not extents:
                 return window, 0
             start = max(offset, extents[0].offset // top.cluster_size * top.cluster_size)
             end = min(offset + window, start + step)
-            extents = clipped(extents, start, end)
-            layers = chain_of(top)
-            rest, copied = extents, 0
-            if fast_path_top(top):
-                fast, rest = plan_batch(extents, layers, top.cluster_size)
-                written = top.copy_batch(fast)
-                copied = written[1]
-            for below in rest:
-                copied += self._copy_run(layers, below)
-            fd = top.data_fd() if written[1] else -1
-        self._writeback.start(fd, *written)   # outside the lock: guest I/O goes on
+            copied, written = copy_extents(top, chain_of(top), clipped(extents, start, end))
+            fd = top.data_fd() if written else -1
+        self.writeback.start_all(fd, written)   # outside the lock: guest I/O goes on
         return end - offset, copied
 
-    def _early_flush(self):
+    def after_copy(self):
         """fsync the top without its lock, so that the locked flush in prepare (which
         makes the completion durable) has little left and guest writes wait less."""
         if fast_path_top(self.top):
@@ -138,17 +100,6 @@ class StreamJob(BlockJob):
                 os.fsync(self.top.data_fd())
             except OSError:
                 pass    # prepare's flush reports the error
-
-    def _copy_run(self, layers, run):
-        if run.kind == UNALLOCATED:
-            return 0
-        if run.kind == ZERO:
-            self.top.write_zeroes(run.offset, run.length)
-            return run.length
-        # DATA: read it from the layer that holds it (depth counts from top.backing)
-        source = layers[1 + run.depth]
-        self.top.write(run.offset, source.read(run.offset, run.length))
-        return run.length
 
     # -- completion ----------------------------------------------------------
     def prepare(self):

@@ -1,0 +1,146 @@
+"""The commit block jobs: merge the layers from ``top`` down into ``base`` (QEMU's block/commit.c).
+
+Intermediate commit (``CommitJob``, top below the active image): the data that the
+layers from ``top`` down to just above ``base`` decide is copied into ``base``,
+front to back, with the stream's loop (``range_copy``) and copy step
+(``copy_plan.copy_extents``, here overwriting what base already holds).  Every
+byte written into base is still masked by the layer that decides it, so the guest
+never sees the copy happen.  On success base is flushed *before* the overlay (the
+image above top) stops naming the committed-over layers; then the overlay names
+base (relatively when it named its backing file relatively; ``backing-file``
+overrides) and is flushed.  A cancel, an error or a kill leaves the chain as it
+was: base holds some extra, masked data.
+
+Base is reopened read-write when the job is created (QEMU's commit_start) and back
+to read-only when it ends.  ``commit_to_backing`` is HMP ``commit``: the active
+image's data into its backing file, synchronously, then the active image emptied.
+"""
+import os
+
+from ..chain import chain_of, extents_above
+from ..driver import UNALLOCATED
+from ..errors import ImageError
+from .copy_plan import clipped, copy_extents
+from .range_copy import RangeCopyJob
+from .stream import backing_reference_for
+
+
+def committed_extents(top, base, offset, length):
+    """What a commit of [offset, offset+length) writes into ``base``: the extents the
+    layers from ``top`` down to above ``base`` decide (depth counts from ``top``)."""
+    return [run for run in extents_above(top, base, offset, length) if run.kind != UNALLOCATED]
+
+
+def commit_window(top, base, offset, window, step):
+    """Copy at most ``step`` bytes of the first committed range in [offset,
+    offset+window) into base; returns (bytes advanced, bytes copied, base ranges
+    written kernel-side).  Holds base's lock for the copy: guest reads of base wait."""
+    extents = committed_extents(top, base, offset, window)
+    if not extents:
+        return window, 0, []
+    start = max(offset, extents[0].offset // base.cluster_size * base.cluster_size)
+    end = min(offset + window, start + step)
+    with base.lock:
+        copied, written = copy_extents(base, [base] + chain_of(top),
+                                       clipped(extents, start, end), overwrite=True)
+    return end - offset, copied, written
+
+
+def reopen_for_writing(image):
+    """Base (or an overlay) opened read-write for a commit; QEMU's reopen failure text."""
+    try:
+        image.set_read_only(False)
+    except ImageError as err:
+        reason = err.desc.rsplit(": ", 1)[-1] if ": " in err.desc else err.desc
+        raise ImageError("Could not reopen file: %s" % reason, path=image.path) from err
+
+
+class CommitJob(RangeCopyJob):
+    """Intermediate commit: ``top`` .. above ``base`` into ``base``; ``overlay`` is the
+    image whose backing file is ``top`` (it will name ``base``)."""
+
+    job_type = "commit"
+
+    def __init__(self, job_id, events, top, base, overlay, *, backing_file=None,
+                 on_finished=None, **job_options):
+        super().__init__(job_id, events, **job_options)
+        self.top = top
+        self.base = base
+        self.overlay = overlay
+        self.new_backing_name = backing_reference_for(overlay, base, backing_file)
+        self.new_backing_format = base.format_name
+        self._on_finished = on_finished
+        self._base_was_read_only = base.read_only
+        self.set_len(top.virtual_size)
+
+    def create(self):
+        """QEMU's commit_start: the job is created (id, speed), then base is reopened
+        read-write; a base that cannot be is a refusal, the job goes to 'null'."""
+        super().create()
+        with self._lock:
+            if self.status != "created" or not self.base.read_only:
+                return
+            try:
+                reopen_for_writing(self.base)
+            except ImageError:
+                self._transition("null")
+                raise
+
+    # -- the body ------------------------------------------------------------
+    def copy_window(self, offset, window, step):
+        advance, copied, written = commit_window(self.top, self.base, offset, window, step)
+        self.writeback.start_all(self.base.data_fd(), written)
+        return advance, copied
+
+    def after_copy(self):
+        """fsync base before prepare, which holds the overlay's lock for its flushes."""
+        fd = self.base.data_fd()
+        if fd is not None:
+            try:
+                os.fsync(fd)
+            except OSError:
+                pass    # prepare's flush reports the error
+
+    # -- completion ----------------------------------------------------------
+    def prepare(self):
+        self.base.flush()   # durable before any header stops naming the layers above it
+        overlay = self.overlay
+        with overlay.lock:
+            was_read_only = overlay.read_only
+            if was_read_only:
+                reopen_for_writing(overlay)
+            try:
+                overlay.set_backing_reference(self.new_backing_name, self.new_backing_format)
+                overlay.flush()
+                overlay.backing = self.base
+            finally:
+                if was_read_only:
+                    overlay.set_read_only(True)
+
+    def clean(self):
+        if self._base_was_read_only and not self.base.read_only:
+            self.base.set_read_only(True)
+        if self._on_finished is not None:
+            self._on_finished(self)
+
+
+def commit_to_backing(top, chunk=4 * 1024 * 1024):
+    """HMP ``commit``: copy what ``top`` itself holds into its backing file, flush it,
+    then empty ``top`` (QEMU's bdrv_commit + bdrv_make_empty).  Synchronous: holds
+    top's lock, so guest requests wait.  A kill leaves top masking base as before."""
+    base = top.backing
+    with top.lock:
+        was_read_only = base.read_only
+        if was_read_only:
+            reopen_for_writing(base)
+        try:
+            offset = 0
+            while offset < top.virtual_size:
+                offset += commit_window(top, base, offset,
+                                        min(chunk, top.virtual_size - offset), chunk)[0]
+            base.flush()
+            top.make_empty()
+            top.flush()
+        finally:
+            if was_read_only:
+                base.set_read_only(True)
