@@ -13,6 +13,7 @@ from images.events import EventBus
 from images.jobs.registry import JobRegistry
 
 from . import block_info
+from .block_commit import commit_device, merge_cost, start_commit
 from .block_stream import start_stream
 from .devices import DeviceTable
 from .errors import QemuIoFailed
@@ -40,6 +41,9 @@ class BlockCore:
             "query-block": self._query_block,
             "query-block-jobs": self._query_block_jobs,
             "block-stream": lambda args: start_stream(self, args),
+            "block-commit": lambda args: start_commit(self, args),
+            "x-blockmon-commit": lambda args: commit_device(self, args["device"]),
+            "x-blockmon-merge-cost": lambda args: merge_cost(self, args),
             "block-job-set-speed": lambda a: self._job(a["device"]).set_speed(a["speed"]),
             "block-job-cancel": lambda a: self._job(a["device"]).cancel(a.get("force", False)),
             "block-job-pause": lambda a: self._job(a["device"]).pause(),

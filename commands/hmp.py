@@ -16,7 +16,7 @@ from images.errors import BlockError
 
 from . import hmp_info
 from .args import _SPACE, ParseError, parse_arguments
-from .errors import CommandError, QemuIoFailed, qmp_error
+from .errors import BareError, CommandError, qmp_error
 from .table import find_command
 
 
@@ -73,7 +73,7 @@ class HmpInterpreter:
     def _run(self, adapter, args: dict, quit: bool = False) -> HmpResult:
         try:
             return HmpResult(adapter(self, args), True, quit)
-        except QemuIoFailed as err:
+        except BareError as err:
             return HmpResult(err.text, False)
         except (CommandError, BlockError) as err:
             return HmpResult("Error: %s\n" % qmp_error(err)["desc"], False)
@@ -105,6 +105,20 @@ def _block_stream(hmp, args):
     if "speed" in args:
         qmp["speed"] = args["speed"]
     hmp.core.execute("block-stream", qmp)
+    return ""
+
+
+def _commit(hmp, args):
+    hmp.core.execute("x-blockmon-commit", {"device": args["device"]})
+    return ""
+
+
+def _block_commit(hmp, args):
+    qmp = {"device": args["device"]}
+    for name in ("top", "base", "speed"):
+        if name in args:
+            qmp[name] = args[name]
+    hmp.core.execute("block-commit", qmp)
     return ""
 
 
@@ -170,6 +184,8 @@ _ADAPTERS = {
     "quit": _quit,
     "info": _info,
     "block_stream": _block_stream,
+    "commit": _commit,
+    "block_commit": _block_commit,
     "block_job_set_speed": _job_verb("block-job-set-speed", with_speed=True),
     "block_job_cancel": _job_verb("block-job-cancel", with_force=True),
     "block_job_complete": _job_verb("block-job-complete"),
@@ -185,6 +201,8 @@ _INFO_ADAPTERS = {
     "block-jobs": lambda hmp, args: hmp_info.format_block_jobs(
         hmp.core.execute("query-block-jobs", {})),
     "blockmap": _info_blockmap,
+    "merge-cost": lambda hmp, args: hmp_info.format_merge_cost(
+        hmp.core.execute("x-blockmon-merge-cost", args)),
 }
 
 

@@ -53,6 +53,11 @@ INFO_COMMANDS: Tuple[HmpCommand, ...] = (
                qmp="query-block", complete={"device": "devices"}),
     HmpCommand("block-jobs", "", "", "show progress of ongoing block device operations",
                qmp="query-block-jobs"),
+    HmpCommand("merge-cost", "device:B,base:s?", "device [base]",
+               "show the bytes a stream and a commit onto base (default: the bottom of the "
+               "chain) would each copy (blockmon)",
+               qmp="x-blockmon-merge-cost", ours=True,
+               complete={"device": "devices", "base": "backing"}),
     HmpCommand("blockmap", "device:B?", "[device]",
                "show which image of the backing chain holds each part of the disk: "
                "'#' data, '0' zero, '.' unallocated, '+' mixed (blockmon)",
@@ -65,6 +70,14 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
     HmpCommand("block_stream", "device:B,speed:o?,base:s?", "device [speed [base]]",
                "copy data from a backing file into a block device", qmp="block-stream",
                complete={"base": "backing"}, word_fallback={"speed": "base"}),
+    HmpCommand("commit", "device:B", "device|all",
+               "commit changes to the disk images (if -snapshot is used) or backing files",
+               qmp="x-blockmon-commit", complete={"device": "devices"}),
+    HmpCommand("block_commit", "device:B,top:s?,base:s?,speed:o?", "device [top [base]] [speed]",
+               "merge the images from top (default: the active image) down into base "
+               "(default: the bottom of the chain) while the disk stays in use (blockmon)",
+               qmp="block-commit", ours=True,
+               complete={"device": "devices", "top": "backing", "base": "backing"}),
     HmpCommand("block_job_set_speed", "device:B,speed:o", "device speed",
                "set maximum speed for a background block operation",
                qmp="block-job-set-speed", complete=_JOB_DEVICE),
@@ -128,6 +141,12 @@ QMP_SCHEMAS: Dict[str, Dict[str, object]] = {
         "*backing-file": "str", "*speed": "int", "*on-error": "BlockdevOnError",
         "*auto-finalize": "bool", "*auto-dismiss": "bool",
     },
+    "block-commit": {
+        "*job-id": "str", "device": "str", "*base-node": "str", "*base": "str",
+        "*top-node": "str", "*top": "str", "*backing-file": "str", "*speed": "int",
+        "*on-error": "BlockdevOnError", "*filter-node-name": "str",
+        "*auto-finalize": "bool", "*auto-dismiss": "bool",
+    },
     "block-job-set-speed": {"device": "str", "speed": "int"},
     "block-job-cancel": {"device": "str", "*force": "bool"},
     "block-job-pause": {"device": "str"},
@@ -143,6 +162,8 @@ QMP_SCHEMAS: Dict[str, Dict[str, object]] = {
     "human-monitor-command": {"command-line": "str", "*cpu-index": "int"},
     "x-blockmon-qemu-io": {"device": "str", "command": "str"},
     "x-blockmon-block-map": {"device": "str"},
+    "x-blockmon-commit": {"device": "str"},
+    "x-blockmon-merge-cost": {"device": "str", "*base": "str"},
     "quit": {},
 }
 

@@ -20,7 +20,8 @@ import os
 from ..chain import chain_of, extents_above
 from ..driver import UNALLOCATED
 from ..errors import ImageError
-from .copy_plan import clipped, copy_extents
+from ..driver import ZERO
+from .copy_plan import clipped, copy_extents, work_extents
 from .range_copy import RangeCopyJob
 from .stream import backing_reference_for
 
@@ -144,3 +145,19 @@ def commit_to_backing(top, chunk=4 * 1024 * 1024):
         finally:
             if was_read_only:
                 base.set_read_only(True)
+
+
+def merge_cost(top, base):
+    """What each merge of the chain above ``base`` into one layer would write, from
+    block status: {'stream': (data bytes, zero bytes), 'commit': (...)}.  A stream
+    onto base writes into top what the layers between leave visible (what top does
+    not hold); a commit of top into base writes everything the layers above base hold."""
+    with top.lock:
+        stream = work_extents(top, base, 0, top.virtual_size)
+        commit = committed_extents(top, base, 0, top.virtual_size)
+    return {"stream": _data_and_zero(stream), "commit": _data_and_zero(commit)}
+
+
+def _data_and_zero(runs):
+    zero = sum(run.length for run in runs if run.kind == ZERO)
+    return sum(run.length for run in runs) - zero, zero
