@@ -153,7 +153,8 @@ def merge_cost(top, base):
     onto base writes into top what the layers between leave visible (what top does
     not hold); a commit of top into base writes everything the layers above base hold."""
     with top.lock:
-        stream = work_extents(top, base, 0, top.virtual_size)
+        # a stream onto the direct backing file copies nothing (QEMU: len 0)
+        stream = [] if top.backing is base else work_extents(top, base, 0, top.virtual_size)
         commit = committed_extents(top, base, 0, top.virtual_size)
     return {"stream": _data_and_zero(stream), "commit": _data_and_zero(commit)}
 
