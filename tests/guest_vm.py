@@ -18,6 +18,7 @@ not a speed assertion) or a kernel panic raise ``GuestFailed`` with the console.
 import atexit
 import glob
 import gzip
+import hashlib
 import lzma
 import os
 import random
@@ -314,3 +315,27 @@ def first_difference(path_a, path_b, block=1 << 20):
             if not chunk_a:
                 return None
             offset += len(chunk_a)
+
+
+# -- a guest's work on the benchmark chain (bench/make_chain.py, 256 MiB) ---------------------
+
+K, M = 1024, 1024 * 1024
+# Against the chain's layout (bench/make_chain.py): inside a cluster D allocated by a partial
+# write; across the start of a B run; into D's zero clusters; over D data and past it; a
+# cluster unallocated everywhere; a large unaligned write; the disk's last sector.
+CHAIN_EXTENTS = [(M + 8 * K + 512, 512), (5 * M + 511 * K, 2 * K), (40 * M + 64 * K, 8 * K),
+                 (3 * M + 252 * K, 200 * K), (7 * M + 64 * K, 64 * K), (100 * M + 4 * K, M),
+                 (256 * M - 512, 512)]
+READ_BACK = 8 * M       # the guest's checksum of the first MiBs, before it writes
+
+
+def chain_body(writes):
+    """The guest's script: print ``read-md5 <md5>`` of the first READ_BACK bytes, then write."""
+    return ("dd if=/dev/vda bs=65536 count=%d 2>/dev/null | md5sum | sed 's/^/read-md5 /'\n%s"
+            % (READ_BACK // 65536, writes.script()))
+
+
+def md5_of_start(raw):
+    """What the guest's ``read-md5`` must say for a disk whose guest view is ``raw``."""
+    with open(raw, "rb") as handle:
+        return hashlib.md5(handle.read(READ_BACK)).hexdigest()

@@ -6,37 +6,17 @@ writes known patterns at offsets chosen against the chain's layout with
 ``dd ... conv=fsync`` and powers off.  Afterwards qemu-img check is clean, every
 byte the guest wrote is there and every other byte is the original.
 """
-import hashlib
 import os
 import re
 import shutil
-import subprocess
 import time
 
 import pytest
 
 from conftest import run
-from guest_vm import GuestWrites, boot_guest, first_difference, guest_view, require_guest_vm
+from guest_vm import (CHAIN_EXTENTS, GuestWrites, boot_guest, chain_body, first_difference, guest_view,
+                      md5_of_start, require_guest_vm)
 from qmp_fakes import remove_tree, short_tempdir
-
-K, M = 1024, 1024 * 1024
-# Against the chain's layout (bench/make_chain.py): inside a cluster D allocated by a partial
-# write; across the start of a B run; into D's zero clusters; over D data and past it; a
-# cluster unallocated everywhere; a large unaligned write; the disk's last sector.
-EXTENTS = [(M + 8 * K + 512, 512), (5 * M + 511 * K, 2 * K), (40 * M + 64 * K, 8 * K),
-           (3 * M + 252 * K, 200 * K), (7 * M + 64 * K, 64 * K), (100 * M + 4 * K, M),
-           (256 * M - 512, 512)]
-READ_BACK = 8 * M       # the guest's checksum of the first MiBs, before it writes
-
-
-def guest_body(writes):
-    return ("dd if=/dev/vda bs=65536 count=%d 2>/dev/null | md5sum | sed 's/^/read-md5 /'\n%s"
-            % (READ_BACK // 65536, writes.script()))
-
-
-def md5_of_start(raw):
-    with open(raw, "rb") as handle:
-        return hashlib.md5(handle.read(READ_BACK)).hexdigest()
 
 
 def wait_gone(pid, deadline):
@@ -58,7 +38,7 @@ def test_a_guest_reads_and_writes_a_chain_served_by_qemu_nbd(chain_copy, socket_
         pytest.fail("qemu-nbd missing (Debian's qemu-utils)")
     top = os.path.join(chain_copy, "D.qcow2")
     original = guest_view(top, str(tmp_path / "original.raw"))
-    writes = GuestWrites(EXTENTS)
+    writes = GuestWrites(CHAIN_EXTENTS)
     sock, pid_file = os.path.join(socket_dir, "nbd.sock"), os.path.join(socket_dir, "nbd.pid")
     # --fork returns once the socket listens; without --persistent qemu-nbd exits (closing and
     # flushing the image) when the guest disconnects.
@@ -67,14 +47,14 @@ def test_a_guest_reads_and_writes_a_chain_served_by_qemu_nbd(chain_copy, socket_
         server = int(handle.read())
     try:
         console, seconds = boot_guest("file=nbd:unix:%s:exportname=disk,format=raw,cache=none" % sock,
-                                      guest_body(writes), str(tmp_path), files=writes.files())
+                                      chain_body(writes), str(tmp_path), files=writes.files())
         assert wait_gone(server, time.monotonic() + 60), "qemu-nbd did not exit after the guest left"
     finally:
         if os.path.exists("/proc/%d" % server):
             os.kill(server, 15)
     print("guest boot to power-off: %.1f s" % seconds)
     assert re.search(r"^read-md5 %s " % md5_of_start(original), console, re.M), console
-    assert console.count("records out") == len(EXTENTS), console
+    assert console.count("records out") == len(CHAIN_EXTENTS), console
     run("qemu-img", "check", "-q", top)
     writes.expect(original, str(tmp_path / "expected.raw"))
     after = guest_view(top, str(tmp_path / "after.raw"))
