@@ -163,7 +163,10 @@ def read_module(path):
     if path.endswith(".gz"):
         return gzip.decompress(data)
     if path.endswith(".zst"):
-        zstandard = pytest.importorskip("zstandard")
+        try:
+            import zstandard
+        except ImportError:
+            raise GuestFailed("%s is zstd-compressed: pip install zstandard" % path) from None
         return zstandard.ZstdDecompressor().decompressobj().decompress(data)
     return data
 

@@ -42,3 +42,13 @@ def test_the_pattern_catches_each_spelling():
         assert SIBLING_PATH.search(line), line
     for line in ("shared by the toolbar", "a shared lock", "qemu-img's shared \"write\" lock"):
         assert not SIBLING_PATH.search(line), line
+
+
+def test_ci_runs_the_tests_in_a_fresh_clone_with_every_package_installed():
+    with open(os.path.join(ROOT, ".ci", "run"), encoding="utf-8") as handle:
+        ci = handle.read()
+    for package in ("qemu-utils", "qemu-system-x86", "libnbd-bin", "linux-image-amd64", "busybox-static",
+                    "tmux", "socat"):
+        assert re.search(r"^packages=\(.*\b%s\b" % re.escape(package), ci, re.M), package
+    clone = ci.index('git clone -q . "$tmp/blockmon"')
+    assert clone < ci.index('cd "$tmp/blockmon"') < ci.index("export BLOCKMON_REQUIRE_QEMU=1")
