@@ -10,7 +10,7 @@ kernel unpacks concatenated cpio archives in order.
 
 ``boot_guest`` boots the kernel with TCG, the disk ``-drive DRIVE,if=virtio``,
 captures the serial console, waits for the guest to power off and returns the
-console text.  The init script mounts /proc, /sys and /dev, loads the modules,
+console text (and the seconds it took).  The init script mounts /proc, /sys and /dev, loads the modules,
 waits for ``/dev/vda``, runs the test's body under ``set -e`` and powers off;
 a body that fails, a guest that never powers off (the timeout is a hang guard,
 not a speed assertion) or a kernel panic raise ``GuestFailed`` with the console.
@@ -154,6 +154,11 @@ def module_load_order(modules_dir, names):
     return order
 
 
+def plain_module_name(path):
+    """``virtio_blk.ko`` for ``.../virtio_blk.ko.xz``: the name the module has in the initramfs."""
+    return re.sub(r"\.ko\.\w+$", ".ko", os.path.basename(path))
+
+
 def read_module(path):
     """A module's plain ELF bytes, whatever compression Debian installed it with."""
     with open(path, "rb") as handle:
@@ -187,8 +192,7 @@ def base_archive(modules_dir):
     for applet in busybox_applets():
         cpio.symlink("bin/" + applet, "busybox")
     for path in module_load_order(modules_dir, MODULES):
-        plain = re.sub(r"\.ko\.\w+$", ".ko", os.path.basename(path))
-        cpio.file("lib/modules/" + plain, read_module(os.path.join(modules_dir, path)))
+        cpio.file("lib/modules/" + plain_module_name(path), read_module(os.path.join(modules_dir, path)))
     return cpio.gzipped()
 
 
@@ -213,8 +217,7 @@ def initramfs(body, files, directory):
         _cache[modules_dir] = base = os.path.join(cache_dir, "base.cpio.gz")
         with open(base, "wb") as handle:
             handle.write(base_archive(modules_dir))
-    modules = [re.sub(r"\.ko(\.\w+)?$", ".ko", os.path.basename(p))
-               for p in module_load_order(modules_dir, MODULES)]
+    modules = [plain_module_name(path) for path in module_load_order(modules_dir, MODULES)]
     extra = Cpio()
     extra.file("init", init_script(body, modules).encode(), 0o755)
     made = set()
