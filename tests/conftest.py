@@ -12,8 +12,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared")
-MAKE_CHAIN = os.path.join(SHARED, "bench", "make_chain.sh")
+# Recorded sessions and reference data live in the checkout: no test reads outside it.
+DATA = os.path.join(ROOT, "tests", "data")
+TRANSCRIPT = os.path.join(DATA, "qemu-7.2-transcript.txt")
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
