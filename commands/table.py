@@ -53,15 +53,15 @@ INFO_COMMANDS: Tuple[HmpCommand, ...] = (
                qmp="query-block", complete={"device": "devices"}),
     HmpCommand("block-jobs", "", "", "show progress of ongoing block device operations",
                qmp="query-block-jobs"),
+    HmpCommand("blockmap", "device:B?", "[device]",
+               "show which image of the backing chain holds each part of the disk: "
+               "'#' data, '0' zero, '.' unallocated, '+' mixed (blockmon)",
+               qmp="x-blockmon-block-map", ours=True),
     HmpCommand("merge-cost", "device:B,base:s?", "device [base]",
                "show the bytes a stream and a commit onto base (default: the bottom of the "
                "chain) would each copy (blockmon)",
                qmp="x-blockmon-merge-cost", ours=True,
                complete={"device": "devices", "base": "backing"}),
-    HmpCommand("blockmap", "device:B?", "[device]",
-               "show which image of the backing chain holds each part of the disk: "
-               "'#' data, '0' zero, '.' unallocated, '+' mixed (blockmon)",
-               qmp="x-blockmon-block-map", ours=True),
 )
 
 HMP_COMMANDS: Tuple[HmpCommand, ...] = (
