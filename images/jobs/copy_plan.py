@@ -185,5 +185,8 @@ class Writeback:
             self._call(fd, offset, length, SYNC_FILE_RANGE_WRITE)   # errors: only a hint
 
     def start_all(self, fd: Optional[int], ranges) -> None:
-        for offset, length in ranges:
-            self.start(-1 if fd is None else fd, offset, length)
+        """One call for the span of all ``ranges`` (pages not dirty there cost nothing)."""
+        if ranges:
+            low = min(offset for offset, _ in ranges)
+            high = max(offset + length for offset, length in ranges)
+            self.start(-1 if fd is None else fd, low, high - low)
