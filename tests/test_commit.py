@@ -239,3 +239,32 @@ def test_block_commit_from_the_console(bm, chain, chain64):
     assert bm.hmp("block_commit virtio0 nosuch") == "Error: Top image file nosuch not found\n"
     bm.close()
     assert identical(os.path.join(chain, "D.qcow2"), os.path.join(chain64, "D.qcow2"))[0]
+
+
+def test_toolbar_shows_a_commit_job_like_a_stream(chain):
+    import re
+    from commands.core import BlockCore
+    from monitor.toolbar import JobsToolbar
+    core = BlockCore()
+    core.add_drive("virtio0", os.path.join(chain, "D.qcow2"))
+    try:
+        core.execute("block-commit", {"device": "virtio0", "top": "C.qcow2", "speed": 1 << 20})
+        text = re.sub(r"\x1b\[[0-9;]*m", "", JobsToolbar(core, width=lambda: 140).text())
+        assert re.search(r"virtio0 .*% .*/64\.0 MiB .* limit 1\.0 MiB/s\s+running", text), text
+    finally:
+        core.shutdown()
+
+
+def test_console_completes_top_and_base_of_block_commit(chain):
+    from commands.completion import complete_line
+    from commands.core import BlockCore
+    core = BlockCore()
+    core.add_drive("virtio0", os.path.join(chain, "D.qcow2"))
+    try:
+        from commands.completion import CompletionContext
+        context = CompletionContext(core)
+        assert "C.qcow2" in complete_line("block_commit virtio0 ", context)[1]
+        assert "A" in complete_line("block_commit virtio0 C ", context)[1]
+        assert "merge-cost" in complete_line("info mer", context)[1]
+    finally:
+        core.shutdown()
