@@ -136,7 +136,7 @@ class QmpServer:
         except (ConnectionError, OSError):
             pass        # the client went away; nothing else is affected
         except asyncio.CancelledError:
-            pass        # server shutdown; nothing awaits this per-connection task
+            raise       # server shutdown: the task ends cancelled (finally closes the writer)
         finally:
             self.connections.discard(connection)
             writer.close()

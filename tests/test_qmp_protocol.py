@@ -346,6 +346,9 @@ def test_bad_spec_names_the_option():
     ("tcp:localhost:0,server,nowait", "tcp", ("localhost", 0)),
     ("tcp:[::1]:4444,server=on,wait=off", "tcp", ("::1", 4444)),
     ("tcp::4444,server=on,wait=off", "tcp", ("0.0.0.0", 4444)),
+    ("unix:/run/q.sock,server=yes,wait=no", "unix", "/run/q.sock"),
+    ("unix:/run/q.sock,server=y,wait=n", "unix", "/run/q.sock"),
+    ("unix:/run/q.sock,server=true,wait=false", "unix", "/run/q.sock"),
 ])
 def test_chardev_specs_parse(text, kind, where):
     spec = parse_chardev(text)
@@ -474,3 +477,10 @@ def test_owner_may_stop_the_servers_from_on_quit(sockdir):
     holder["servers"]._thread.join(TIMEOUT)
     assert not holder["servers"]._thread.is_alive()
     holder["servers"].stop()                # a second stop is harmless
+
+
+def test_servers_use_the_spec_the_command_line_parsed():
+    spec = parse_chardev("unix:/nonexistent-dir-xyz/q.sock,server=on,wait=off")
+    servers = MonitorServers(FakeCore(), [spec], [spec])
+    assert servers.qmp_specs == [spec] and servers.qmp_specs[0] is spec
+    assert servers.monitor_specs[0] is spec
