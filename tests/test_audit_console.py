@@ -119,7 +119,7 @@ def test_ctrl_c_during_sleep_in_a_script_stays_plain():
 def test_path_completion_offers_only_names_the_command_will_open(tmp_path, monkeypatch):
     # QEMU (and snapshot_blkdev) take a file name literally: "~/x.qcow2" is refused
     # with "Could not create '~/x.qcow2'", so completing "~/" from $HOME misled.
-    from monitor.completer import path_candidates
+    from commands.completion import path_candidates
     home = tmp_path / "home"
     home.mkdir()
     (home / "in-home.qcow2").write_bytes(b"")
@@ -129,11 +129,12 @@ def test_path_completion_offers_only_names_the_command_will_open(tmp_path, monke
     (work / "disk.qcow2").write_bytes(b"")
     (work / ".hidden").write_bytes(b"")
     monkeypatch.chdir(work)
+    from prompt_toolkit.completion import CompleteEvent
     from prompt_toolkit.document import Document
     from monitor.completer import HmpCompleter
 
     def complete(text):
-        return [c.text for c in HmpCompleter(FakeCore()).get_completions(Document(text), None)]
+        return [c.text for c in HmpCompleter(FakeCore()).get_completions(Document(text), CompleteEvent())]
     assert path_candidates("~/") == []
     assert complete("snapshot_blkdev virtio0 ~/") == []
     # Dot files only when asked for, as shells complete them.

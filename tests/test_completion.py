@@ -1,9 +1,15 @@
-"""Completion from the command table: commands, info subcommands, devices, jobs, files, flags."""
+"""Completion from the command table: commands, info subcommands, devices, jobs, files, flags.
+
+Through the console's own completer (prompt_toolkit's ``Document`` + ``CompleteEvent``),
+so what is checked is what the console offers.
+"""
 import os
 
 import pytest
+from prompt_toolkit.completion import CompleteEvent
+from prompt_toolkit.document import Document
 
-from commands.completion import CompletionContext, complete_line
+from monitor.completer import HmpCompleter
 
 
 class Core:
@@ -23,7 +29,15 @@ class Core:
         return ["virtio0"]
 
 
-CTX = CompletionContext(Core())
+def complete_line(line, core=None):
+    """(the typed prefix every candidate replaces, the candidates offered, sorted)."""
+    completions = list(HmpCompleter(core or Core()).get_completions(Document(line), CompleteEvent()))
+    prefixes = {-c.start_position for c in completions}
+    assert len(prefixes) <= 1, prefixes
+    words = line.split()
+    typed = words[-1] if words and not line[-1:].isspace() else ""
+    prefix = line[len(line) - prefixes.pop():] if prefixes else typed
+    return prefix, sorted(c.display_text for c in completions)
 
 
 @pytest.mark.parametrize("line, prefix, expected", [
@@ -51,7 +65,7 @@ CTX = CompletionContext(Core())
     ("qemu-io virtio0 w", "w", ["write"]),
 ])
 def test_complete_line(line, prefix, expected):
-    got_prefix, got = complete_line(line, CTX)
+    got_prefix, got = complete_line(line)
     assert got_prefix == prefix
     if expected is not None:
         assert got == expected
@@ -63,5 +77,13 @@ def test_file_completion(tmp_path):
     (tmp_path / "disk.qcow2").write_bytes(b"")
     (tmp_path / "dir").mkdir()
     prefix = str(tmp_path) + os.sep
-    _p, got = complete_line("snapshot_blkdev virtio0 " + prefix, CTX)
+    _p, got = complete_line("snapshot_blkdev virtio0 " + prefix)
     assert got == [prefix + "dir/", prefix + "disk.qcow2"]
+
+
+def test_qemu_io_command_is_inserted_with_its_opening_quote():
+    # One HMP string argument: "write 0 512" needs the quotes, so Tab opens them.
+    completions = list(HmpCompleter(Core()).get_completions(Document("qemu-io virtio0 w"), CompleteEvent()))
+    assert [(c.text, c.display_text, c.start_position) for c in completions] == [('"write ', "write", -1)]
+    completions = list(HmpCompleter(Core()).get_completions(Document('qemu-io virtio0 "m'), CompleteEvent()))
+    assert [(c.text, c.start_position) for c in completions] == [('"map"', -2)]

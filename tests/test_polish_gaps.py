@@ -3,7 +3,7 @@ the paused toolbar, and QMP resynchronisation after an oversized message."""
 import pytest
 from prompt_toolkit.document import Document
 
-from commands.completion import CompletionContext, complete_line
+from prompt_toolkit.completion import CompleteEvent
 from commands.core import BlockCore
 from commands.hmp import HmpInterpreter
 from images.qcow2 import create_qcow2
@@ -30,14 +30,23 @@ def two_chains(tmp_path):
 
 
 def console_completions(core, text):
-    return [c.text for c in HmpCompleter(core).get_completions(Document(text), None)]
+    return [c.text for c in HmpCompleter(core).get_completions(Document(text), CompleteEvent())]
+
+
+def complete_line(text, core):
+    """(the typed prefix the candidates replace, the candidates, sorted), from the console's completer."""
+    completions = list(HmpCompleter(core).get_completions(Document(text), CompleteEvent()))
+    words = text.split()
+    typed = words[-1] if words and not text[-1:].isspace() else ""
+    prefix = text[len(text) + completions[0].start_position:] if completions else typed
+    return prefix, sorted(c.text for c in completions)
 
 
 def test_stream_base_offers_only_images_below_the_typed_device(two_chains):
     core, tmp_path = two_chains
     below_d = ["A", "A.qcow2", "B", "B.qcow2", "C", "C.qcow2"]
     assert sorted(console_completions(core, "block_stream virtio0 0 ")) == below_d
-    assert complete_line("block_stream virtio0 0 ", CompletionContext(core)) == ("", below_d)
+    assert complete_line("block_stream virtio0 0 ", core) == ("", below_d)
     # The seed's form: the second word may be the base.
     assert sorted(console_completions(core, "block_stream virtio0 ")) == below_d
     assert console_completions(core, "block_stream virtio0 10M B") == ["B", "B.qcow2"]
@@ -45,7 +54,7 @@ def test_stream_base_offers_only_images_below_the_typed_device(two_chains):
     assert sorted(console_completions(core, "block_stream ide0-hd0 0 ")) == sorted(below_disk)
     # "A" already is the base (the seed's form): nothing more to offer.
     assert console_completions(core, "block_stream virtio0 A ") == []
-    assert complete_line("block_stream virtio0 A ", CompletionContext(core)) == ("", [])
+    assert complete_line("block_stream virtio0 A ", core) == ("", [])
     assert sorted(console_completions(core, "block_stream virtio0 1M ")) == below_d
     # By node name: the chain below node C.
     assert sorted(console_completions(core, "block_stream C 0 ")) == ["A", "A.qcow2", "B", "B.qcow2"]
@@ -55,7 +64,7 @@ def test_stream_base_offers_nothing_for_an_unknown_or_bottom_device(two_chains):
     core, _tmp = two_chains
     assert console_completions(core, "block_stream nosuch 0 ") == []
     assert console_completions(core, "block_stream A 0 ") == []
-    assert complete_line("block_stream nosuch 0 ", CompletionContext(core)) == ("", [])
+    assert complete_line("block_stream nosuch 0 ", core) == ("", [])
 
 
 def test_every_offered_base_is_accepted_by_block_stream(two_chains):

@@ -8,13 +8,15 @@ import threading
 import time
 
 import pytest
+from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from pygments.token import Error, Keyword, Name, Number, String
 
-from monitor.completer import HmpCompleter, path_candidates
+from commands.completion import path_candidates
+from monitor.completer import HmpCompleter
 from monitor.events_view import EventsView, event_line, is_failure
 from monitor.history import history_path
 from monitor.lexer import make_lexer
@@ -28,7 +30,7 @@ ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 
 def complete(core, text):
     completer = HmpCompleter(core)
-    return [c.text for c in completer.get_completions(Document(text), None)]
+    return [c.text for c in completer.get_completions(Document(text), CompleteEvent())]
 
 
 @pytest.mark.parametrize("text,expected", [
