@@ -36,7 +36,8 @@ def control_character(line: str) -> Optional[str]:
 
 
 class HmpInterpreter:
-    """Runs HMP command lines against ``core`` (see /work/CORE_API.md)."""
+    """Runs HMP command lines against ``core``: a ``commands.core.BlockCore`` (this
+    module uses its ``execute`` and ``wait_jobs``)."""
 
     def __init__(self, core, handlers: Optional[Dict[str, Callable[[dict], str]]] = None):
         self.core = core

@@ -73,9 +73,7 @@ class MonitorServers:
         self._thread.start()
         future = asyncio.run_coroutine_threadsafe(self._serve_all(), self._loop)
         future.result(timeout=START_TIMEOUT)
-        events = getattr(self.core, "events", None)
-        if events is not None:
-            self._unsubscribe = events.subscribe(self._on_event)
+        self._unsubscribe = self.core.events.subscribe(self._on_event)
         return self
 
     def stop(self):

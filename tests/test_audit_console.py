@@ -15,7 +15,7 @@ from rich.console import Console
 from monitor.progress import ThroughputMeter, waiting_view
 from monitor.script import ScriptSession, default_interpreter
 from monitor.toolbar import IDLE_HINT, JobsToolbar
-from test_repl_fakes import FakeCore
+from fake_core import FakeCore
 
 ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 MiB = 1048576
@@ -95,7 +95,7 @@ def test_ctrl_c_during_sleep_at_the_console_writes_over_the_echoed_caret_c(capsy
     from prompt_toolkit.input import create_pipe_input
     from prompt_toolkit.output import DummyOutput
     from monitor.repl import Repl
-    from test_repl_fakes import FakeInterpreter
+    from fake_core import FakeInterpreter
 
     def interrupted(seconds):
         raise KeyboardInterrupt

@@ -147,7 +147,7 @@ def test_a_stream_started_during_shutdown_is_refused_or_finished(tmp_path, qemu_
 @pytest.fixture
 def served(core):
     from monitor.servers import MonitorServers
-    from qmp_fakes import remove_tree, short_tempdir
+    from qmp_clients import remove_tree, short_tempdir
     directory = short_tempdir()
     path = os.path.join(directory, "qmp.sock")
     quits = threading.Event()
@@ -162,7 +162,7 @@ def served(core):
 @pytest.mark.parametrize("line", ["quit", "q"])
 def test_hmp_quit_through_human_monitor_command_quits(served, line):
     """qmp-shell -H users type 'quit': QEMU answers "" and exits; so must we."""
-    from qmp_fakes import QmpEventClient
+    from qmp_clients import QmpEventClient
     client = QmpEventClient(served.path)
     assert client.cmd("human-monitor-command", {"command-line": line}, id=7) == \
         {"return": "", "id": 7}
@@ -171,7 +171,7 @@ def test_hmp_quit_through_human_monitor_command_quits(served, line):
 
 
 def test_other_hmp_lines_do_not_quit(served):
-    from qmp_fakes import QmpEventClient
+    from qmp_clients import QmpEventClient
     client = QmpEventClient(served.path)
     assert client.cmd("human-monitor-command", {"command-line": "quit now"}) == {
         "return": 'quit: extraneous characters at the end of line\r\n'

@@ -16,7 +16,7 @@ class Core:
     CHAINS = {"virtio0": ["D", "C", "B", "A"], "ide0-hd0": ["disk"]}
 
     def active_image(self, name):
-        from test_repl_fakes import fake_chain
+        from fake_core import fake_chain
         return fake_chain(self.CHAINS, name)
 
     def device_names(self):

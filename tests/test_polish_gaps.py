@@ -97,7 +97,7 @@ def test_toolbar_shows_no_rate_or_eta_as_soon_as_a_job_pauses():
     import re
     from monitor.progress import ThroughputMeter
     from monitor.toolbar import JobsToolbar
-    from test_repl_fakes import FakeCore
+    from fake_core import FakeCore
     now = [0.0]
     core = FakeCore()
     toolbar = JobsToolbar(core, ThroughputMeter(clock=lambda: now[0]), width=lambda: 140)

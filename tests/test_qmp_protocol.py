@@ -10,8 +10,8 @@ from hypothesis import given, settings, strategies as st
 from monitor.chardev import ChardevError, parse_chardev
 from monitor.json_stream import JsonParseError, JsonSplitter
 from monitor.servers import MonitorServers, MonitorStartError
-from qmp_fakes import (TIMEOUT, VERSION, FakeCore, LineClient, QmpLineClient, remove_tree,
-                       short_tempdir, socket_mode)
+from fake_core import TIMEOUT, VERSION, FakeCore
+from qmp_clients import LineClient, QmpLineClient, remove_tree, short_tempdir, socket_mode
 
 NEG = {"class": "CommandNotFound", "desc": "Expecting capabilities negotiation with 'qmp_capabilities'"}
 
@@ -59,7 +59,7 @@ def test_commands_before_negotiation_are_refused(server):
     client = connect(server, negotiate=False)
     assert client.cmd("query-version") == {"error": NEG}
     assert client.cmd("no-such-command", id=7) == {"error": NEG, "id": 7}
-    assert server.fake.calls == ["query-version"]       # only the greeting reached the core
+    assert server.fake.calls == [("query-version", {})]       # only the greeting reached the core
     assert client.cmd("qmp_capabilities", id="n") == {"return": {}, "id": "n"}
     assert client.cmd("query-version") == {"return": VERSION}
 
@@ -145,7 +145,7 @@ def test_quit_replies_then_signals_the_owner(server):
     client = connect(server)
     assert client.cmd("quit", id="q") == {"return": {}, "id": "q"}
     assert server.quits.wait(TIMEOUT)
-    assert server.fake.quit_requested
+    assert server.fake.quit_requested.is_set()
 
 
 # -- robustness --------------------------------------------------------------------------------

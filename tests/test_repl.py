@@ -1,7 +1,7 @@
 """The console's prompt modules and the REPL loop, driven through a pipe input.
 
 Uses prompt_toolkit's create_pipe_input() + DummyOutput(), a fake core and a fake
-interpreter (tests/test_repl_fakes.py) and a hand-built TableView.
+interpreter (tests/fake_core.py) and a hand-built TableView.
 """
 import re
 import threading
@@ -23,7 +23,7 @@ from monitor.lexer import make_lexer
 from monitor.progress import ThroughputMeter, format_bytes, job_state
 from monitor.repl import Repl
 from monitor.toolbar import IDLE_HINT, JobsToolbar
-from test_repl_fakes import FakeCore, FakeInterpreter
+from fake_core import FakeCore, FakeInterpreter
 
 ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 

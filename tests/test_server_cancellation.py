@@ -7,9 +7,7 @@ import pytest
 
 from monitor.hmp_server import HmpServer
 from monitor.qmp_server import QmpServer
-from qmp_fakes import FakeCore
-
-
+from fake_core import FakeCore
 async def _cancel_while_serving(server):
     ours, theirs = socket.socketpair()
     reader, writer = await asyncio.open_unix_connection(sock=ours)
