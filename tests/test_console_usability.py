@@ -1,4 +1,4 @@
-"""Bugs found by using the console as an operator (audit of issue 4), one test each.
+"""The console as an operator uses it: narrow terminals, Ctrl-C, typos, path completion.
 
 - In a narrow terminal (40 columns) the job toolbar and ``block_job_wait``'s bars
   wrapped every job over three lines with truncated cells ("vir…", "MiB…"): a job

@@ -1,5 +1,6 @@
-"""Audit of issues 3 and 5 against QEMU 7.2: the block-job semantics and QMP shapes a
-libvirt-style client relies on, each found wrong once and kept right here.
+"""Block-job semantics and QMP shapes a libvirt-style client relies on, against QEMU 7.2:
+error events, query-block's shape, quit during jobs, verbs racing a job's end, and
+the argument checks of block-stream and blockdev-snapshot-sync.
 
 Chains are small (16 MiB, A <- B <- C, relative backing names) and built with
 qemu-img/qemu-io, the oracle; every test asserts exact values or sequences.
