@@ -87,3 +87,41 @@ def test_qemu_io_command_is_inserted_with_its_opening_quote():
     assert [(c.text, c.display_text, c.start_position) for c in completions] == [('"write ', "write", -1)]
     completions = list(HmpCompleter(Core()).get_completions(Document('qemu-io virtio0 "m'), CompleteEvent()))
     assert [(c.text, c.start_position) for c in completions] == [('"map"', -2)]
+
+
+# -- block_stream's base completes from the typed device's chain only, on a real core --------
+def console_completions(core, text):
+    return [c.text for c in HmpCompleter(core).get_completions(Document(text), CompleteEvent())]
+
+
+def test_stream_base_offers_only_images_below_the_typed_device(two_chains):
+    core, tmp_path = two_chains
+    below_d = ["A", "A.qcow2", "B", "B.qcow2", "C", "C.qcow2"]
+    assert sorted(console_completions(core, "block_stream virtio0 0 ")) == below_d
+    assert complete_line("block_stream virtio0 0 ", core) == ("", below_d)
+    # The seed's form: the second word may be the base.
+    assert sorted(console_completions(core, "block_stream virtio0 ")) == below_d
+    assert console_completions(core, "block_stream virtio0 10M B") == ["B", "B.qcow2"]
+    below_disk = ["base", str(tmp_path / "base.qcow2")]
+    assert sorted(console_completions(core, "block_stream ide0-hd0 0 ")) == sorted(below_disk)
+    # "A" already is the base (the seed's form): nothing more to offer.
+    assert console_completions(core, "block_stream virtio0 A ") == []
+    assert complete_line("block_stream virtio0 A ", core) == ("", [])
+    assert sorted(console_completions(core, "block_stream virtio0 1M ")) == below_d
+    # By node name: the chain below node C.
+    assert sorted(console_completions(core, "block_stream C 0 ")) == ["A", "A.qcow2", "B", "B.qcow2"]
+
+
+def test_stream_base_offers_nothing_for_an_unknown_or_bottom_device(two_chains):
+    core, _tmp = two_chains
+    assert console_completions(core, "block_stream nosuch 0 ") == []
+    assert console_completions(core, "block_stream A 0 ") == []
+    assert complete_line("block_stream nosuch 0 ", core) == ("", [])
+
+
+def test_every_offered_base_is_accepted_by_block_stream(two_chains):
+    from commands.block_stream import find_base
+    core, _tmp = two_chains
+    top = core.active_image("virtio0")
+    for name in console_completions(core, "block_stream virtio0 0 "):
+        assert find_base(top, name) is not None and find_base(top, name) is not top, name
