@@ -9,12 +9,12 @@ QEMU's ``key=value,...`` syntax (``monitor.option_syntax``) and QEMU's device na
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from commands.table import IMAGE_FORMATS
 from monitor.chardev import ChardevError, ChardevSpec, parse_chardev
 from monitor.option_syntax import parse_bool, split_commas, split_key_value
 
 DRIVE_KEYS = ("file", "if", "index", "id", "format", "node-name", "readonly")
 INTERFACES = ("virtio", "ide", "none")
-FORMATS = ("qcow2", "raw")
 IDE_MAX_INDEX = 3          # two buses, two units each, as QEMU's default machine
 VIRTIO_MAX_INDEX = 255
 
@@ -67,7 +67,7 @@ def _check_drive_values(text: str, values: dict) -> None:
         raise UsageError("-drive %s: file=PATH is required" % text)
     if values.get("if", "virtio") not in INTERFACES:
         raise UsageError("-drive %s: unknown interface '%s' (virtio, ide or none)" % (text, values["if"]))
-    if "format" in values and values["format"] not in FORMATS:
+    if "format" in values and values["format"] not in IMAGE_FORMATS:
         raise UsageError("-drive %s: unknown format '%s' (qcow2 or raw)" % (text, values["format"]))
     if parse_bool(values.get("readonly", "off")) is None:
         raise UsageError("-drive %s: readonly expects on or off, got '%s'" % (text, values["readonly"]))
