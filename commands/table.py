@@ -12,6 +12,8 @@ grammar, ``params`` and ``help`` verbatim.  ``qmp`` names the QMP command the HM
 adapter calls (None for console-only commands); ``ours`` marks blockmon's
 extensions, whose help ends with "(blockmon)".  ``complete`` says where the
 completer finds candidates for an argument (default: by argument kind).
+An entry's HMP adapter is ``commands.hmp.hmp_<name>`` (``hmp_info_<name>`` for an
+info subcommand), QEMU's own naming, so no second map is keyed by the name.
 ``word_fallback`` is our one deliberate parser improvement: an optional size word
 that is not a size fills the named string argument instead (``block_stream
 virtio0 A``).
