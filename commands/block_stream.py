@@ -3,7 +3,7 @@ start/finish path every job shares is ``commands.block_jobs``."""
 import os
 
 from images.chain import chain_of
-from images.stream import StreamJob
+from images.jobs.stream import StreamJob
 
 from .block_jobs import JobKind, JobPlan, start_block_job
 from .errors import CommandError

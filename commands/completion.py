@@ -17,10 +17,11 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 from images.chain import chain_of
+from images.driver import FORMATS
 
 from .args import _SPACE, ArgSpec, compile_args, looks_numeric
 from .errors import CommandError
-from .table import HMP_COMMANDS, IMAGE_FORMATS, command_words, find_command
+from .table import HMP_COMMANDS, command_words, find_command
 
 QEMU_IO_COMMANDS = ("read", "write", "discard", "map", "alloc")
 # qemu-io's command is one HMP string argument: more than one word needs quotes, so a
@@ -128,7 +129,7 @@ class CompletionContext:
             return path_candidates(prefix)
         if source == "qemu-io":
             return qemu_io_candidates(prefix)
-        fixed = {"formats": IMAGE_FORMATS, "commands": command_words(self._table),
+        fixed = {"formats": FORMATS, "commands": command_words(self._table),
                  "info": self._info_words()}
         if source in fixed:
             return list(fixed[source])

@@ -22,7 +22,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
-from images.job_states import ON_ERROR_POLICIES
+from images.jobs.blockjob import ON_ERROR_POLICIES
 
 
 @dataclass(frozen=True)
@@ -119,10 +119,6 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
 # -- QMP commands: name, argument schema, handler -------------------------------------------
 # A schema maps argument name -> type; '*' marks optional (QAPI notation); a type is
 # "str", "int", "bool", an enum name of ENUMS, or [type].
-# The image formats blockmon opens and creates: -drive format=, snapshot_blkdev's
-# format, and what the completer offers.
-IMAGE_FORMATS: Tuple[str, ...] = ("qcow2", "raw")
-
 ENUMS: Dict[str, Tuple[str, ...]] = {
     "BlockdevOnError": ON_ERROR_POLICIES,
     "NewImageMode": ("existing", "absolute-paths"),

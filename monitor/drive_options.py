@@ -9,7 +9,7 @@ QEMU's ``key=value,...`` syntax (``monitor.option_syntax``) and QEMU's device na
 from dataclasses import dataclass, field
 from typing import List, Optional
 
-from commands.table import IMAGE_FORMATS
+from images.driver import FORMATS
 from monitor.chardev import ChardevError, ChardevSpec, parse_chardev
 from monitor.option_syntax import parse_bool, split_commas, split_key_value
 
@@ -67,7 +67,7 @@ def _check_drive_values(text: str, values: dict) -> None:
         raise UsageError("-drive %s: file=PATH is required" % text)
     if values.get("if", "virtio") not in INTERFACES:
         raise UsageError("-drive %s: unknown interface '%s' (virtio, ide or none)" % (text, values["if"]))
-    if "format" in values and values["format"] not in IMAGE_FORMATS:
+    if "format" in values and values["format"] not in FORMATS:
         raise UsageError("-drive %s: unknown format '%s' (qcow2 or raw)" % (text, values["format"]))
     if parse_bool(values.get("readonly", "off")) is None:
         raise UsageError("-drive %s: readonly expects on or off, got '%s'" % (text, values["readonly"]))

@@ -10,7 +10,7 @@ from commands.block_jobs import JobKind, JobPlan, common_options, start_block_jo
 from commands.core import BlockCore
 from commands.errors import CommandError
 from images.qcow2 import create_qcow2
-from images.stream import StreamJob
+from images.jobs.stream import StreamJob
 
 MiB = 1 << 20
 
