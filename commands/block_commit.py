@@ -116,10 +116,10 @@ def _commit_finished(table, job, held):
         table.forget_unused_nodes()
 
 
-def commit_device(core, name):
-    """HMP ``commit device|all``: each active image's data into its backing file,
-    synchronously; QEMU's texts, printed without 'Error: ' (hmp_commit)."""
-    table = core.devices
+def commit_device(core, args):
+    """HMP ``commit device|all`` (``x-blockmon-commit``): each active image's data into
+    its backing file, synchronously; QEMU's texts, printed without 'Error: ' (hmp_commit)."""
+    table, name = core.devices, args["device"]
     if name == "all":
         devices = [dev for dev in table.devices() if dev.top.backing is not None]
     else:
