@@ -66,8 +66,7 @@ class Blockmon:
         return self.ok("human-monitor-command", **{"command-line": line}).replace("\r\n", "\n")
 
     def pull(self):
-        self.events += self.qmp.get_events(wait=False)
-        self.qmp.clear_events()
+        self.events += self.qmp.get_events(wait=False)     # takes them off the queue
         return self.events
 
     def wait_event(self, predicate):
@@ -78,7 +77,10 @@ class Blockmon:
                 if predicate(event):
                     return event
             assert time.monotonic() < deadline, "event never came: %r" % self.events
-            event = self.qmp.pull_event(wait=1.0)
+            try:
+                event = self.qmp.pull_event(wait=1.0)
+            except TimeoutError:        # nothing within a second: look again
+                continue
             if event is not None:
                 self.events.append(event)
 

@@ -256,15 +256,17 @@ def test_toolbar_shows_a_commit_job_like_a_stream(chain):
 
 
 def test_console_completes_top_and_base_of_block_commit(chain):
-    from commands.completion import complete_line
+    from commands.completion import CompletionContext, complete_line
     from commands.core import BlockCore
     core = BlockCore()
     core.add_drive("virtio0", os.path.join(chain, "D.qcow2"))
     try:
-        from commands.completion import CompletionContext
         context = CompletionContext(core)
-        assert "C.qcow2" in complete_line("block_commit virtio0 ", context)[1]
-        assert "A" in complete_line("block_commit virtio0 C ", context)[1]
-        assert "merge-cost" in complete_line("info mer", context)[1]
+
+        def words(line):
+            return [candidate for candidate, _prefix, _shown in complete_line(line, context)]
+        assert "C.qcow2" in words("block_commit virtio0 ")
+        assert "A" in words("block_commit virtio0 C ")
+        assert words("info mer") == ["merge-cost"]
     finally:
         core.shutdown()
