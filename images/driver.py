@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass
 from typing import List, Optional
 
+from .dirty_bitmap import NodeBitmaps
+
 DATA = "data"              # this layer holds the bytes
 ZERO = "zero"              # this layer says: reads as zero (qcow2 zero flag)
 UNALLOCATED = "unallocated"  # this layer does not say; read the backing image
@@ -49,6 +51,7 @@ class BlockImage:
         self.backing_name: Optional[str] = None    # the string stored in the header
         self.backing_format: Optional[str] = None  # the format stored in the header
         self.node_name: Optional[str] = None       # set by whoever names the nodes
+        self.dirty_bitmaps = NodeBitmaps()         # QEMU's bs->dirty_bitmaps
         self.virtual_size = 0
         self.cluster_size = 512
 
