@@ -10,9 +10,11 @@ import threading
 
 from images.errors import JobError
 from images.events import EventBus
+from images.guest_io import GuestView
 from images.job_registry import JobRegistry
 
 from . import block_info
+from .bitmaps import BitmapCommands
 from .block_stream import start_stream
 from .devices import DeviceTable
 from .errors import QemuIoFailed
@@ -54,6 +56,7 @@ class BlockCore:
             "x-blockmon-block-map": self._block_map,
             "quit": self._quit,
         }
+        self._handlers.update(BitmapCommands(self).handlers())
 
     # -- the entry point --------------------------------------------------------
     def execute(self, name, arguments=None):
@@ -148,10 +151,11 @@ class BlockCore:
     def _qemu_io(self, args):
         device = self.devices.device(args["device"])
         if device is None:  # a node name: no device switch can race with it
-            output, ok = run_qemu_io(self.active_image(args["device"]), args["command"])
+            output, ok = run_qemu_io(GuestView(self.active_image(args["device"])),
+                                     args["command"])
         else:
             with device.io_lock:
-                output, ok = run_qemu_io(device.top, args["command"])
+                output, ok = run_qemu_io(GuestView(device.top), args["command"])
         if not ok:
             raise QemuIoFailed(output)
         return output

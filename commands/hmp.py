@@ -14,7 +14,7 @@ from typing import Callable, Dict, Optional
 
 from images.errors import BlockError
 
-from . import hmp_info
+from . import bitmaps, hmp_info
 from .args import _SPACE, ParseError, parse_arguments
 from .errors import CommandError, QemuIoFailed, qmp_error
 from .table import find_command
@@ -177,6 +177,9 @@ _ADAPTERS = {
     "block_job_resume": _job_verb("block-job-resume"),
     "snapshot_blkdev": _snapshot_blkdev,
     "qemu-io": _qemu_io,
+    "block_dirty_bitmap_add": bitmaps.hmp_add,
+    "block_dirty_bitmap_remove": bitmaps.hmp_verb("block-dirty-bitmap-remove"),
+    "block_dirty_bitmap_clear": bitmaps.hmp_verb("block-dirty-bitmap-clear"),
 }
 
 _INFO_ADAPTERS = {
@@ -185,6 +188,7 @@ _INFO_ADAPTERS = {
     "block-jobs": lambda hmp, args: hmp_info.format_block_jobs(
         hmp.core.execute("query-block-jobs", {})),
     "blockmap": _info_blockmap,
+    "dirty-bitmaps": bitmaps.hmp_info,
 }
 
 

@@ -55,6 +55,10 @@ INFO_COMMANDS: Tuple[HmpCommand, ...] = (
                "show which image of the backing chain holds each part of the disk: "
                "'#' data, '0' zero, '.' unallocated, '+' mixed (blockmon)",
                qmp="x-blockmon-block-map", ours=True),
+    HmpCommand("dirty-bitmaps", "device:B?", "[device]",
+               "show the dirty bitmaps of each node of one block device or all block devices "
+               "(blockmon)", qmp="x-blockmon-query-dirty-bitmaps", ours=True,
+               complete={"device": "devices"}),
 )
 
 HMP_COMMANDS: Tuple[HmpCommand, ...] = (
@@ -98,6 +102,19 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
                "run a qemu-io command on a block device\n\t\t\t"
                "-d: [device] is a device ID rather than a drive ID or node name",
                qmp="x-blockmon-qemu-io", complete={"command": "qemu-io"}),
+    HmpCommand("block_dirty_bitmap_add", "persistent:-p,disabled:-d,device:B,name:s,granularity:o?",
+               "[-p] [-d] device name [granularity]",
+               "add a dirty bitmap to a block device or node: it records\n\t\t\t"
+               "what the guest writes from now on (-p: stored in the\n\t\t\t"
+               "qcow2 file, -d: not recording yet; granularity with a\n\t\t\t"
+               "suffix, e.g. 64k) (blockmon)",
+               qmp="block-dirty-bitmap-add", ours=True, complete={"device": "devices"}),
+    HmpCommand("block_dirty_bitmap_remove", "device:B,name:s", "device name",
+               "remove a dirty bitmap (from the qcow2 file too) (blockmon)",
+               qmp="block-dirty-bitmap-remove", ours=True, complete={"device": "devices"}),
+    HmpCommand("block_dirty_bitmap_clear", "device:B,name:s", "device name",
+               "clear a dirty bitmap: nothing is dirty (blockmon)",
+               qmp="block-dirty-bitmap-clear", ours=True, complete={"device": "devices"}),
     HmpCommand("info", "item:s?", "[subcommand]",
                "show various information about the system state",
                sub_table=INFO_COMMANDS, complete={"item": "info"}),
@@ -141,6 +158,14 @@ QMP_SCHEMAS: Dict[str, Dict[str, object]] = {
     "human-monitor-command": {"command-line": "str", "*cpu-index": "int"},
     "x-blockmon-qemu-io": {"device": "str", "command": "str"},
     "x-blockmon-block-map": {"device": "str"},
+    "block-dirty-bitmap-add": {"node": "str", "name": "str", "*granularity": "int",
+                               "*persistent": "bool", "*disabled": "bool"},
+    "block-dirty-bitmap-remove": {"node": "str", "name": "str"},
+    "block-dirty-bitmap-clear": {"node": "str", "name": "str"},
+    "block-dirty-bitmap-enable": {"node": "str", "name": "str"},
+    "block-dirty-bitmap-disable": {"node": "str", "name": "str"},
+    "block-dirty-bitmap-merge": {"node": "str", "target": "str", "bitmaps": ["any"]},
+    "x-blockmon-query-dirty-bitmaps": {},
     "quit": {},
 }
 

@@ -195,7 +195,8 @@ class Qcow2Image(Qcow2Bitmaps, Qcow2Writer, BlockImage):
             if name_len > MAX_BACKING_NAME:
                 raise image_error(self.path, "backing file name of %d bytes exceeds %d"
                                   % (name_len, MAX_BACKING_NAME), name)
-            self._rewrite_header(self.header.with_backing(name, fmt if name is not None else None))
+            self._rewrite_header(self.header.with_backing(name, fmt if name is not None else None),
+                                 "header with backing file %r" % name)
             self.backing_name = name
             self.backing_format = self.header.backing_format
 

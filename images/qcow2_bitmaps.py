@@ -246,7 +246,7 @@ class Qcow2Bitmaps:
         fields["autoclear_features"] = autoclear
         return Qcow2Header(fields, exts, self.header.backing_name, self.header.raw_tail)
 
-    def _rewrite_header(self, new: Qcow2Header) -> None:
+    def _rewrite_header(self, new: Qcow2Header, subject: str = "header") -> None:
         """Write the header area in one pwrite (a kill leaves the old or the new one),
         then flush.  The feature table is informational and goes first if space is short."""
         # Growth may have moved the refcount table since open: the header must say where.
@@ -259,8 +259,8 @@ class Qcow2Bitmaps:
                               if t != QCOW2_EXT_MAGIC_FEATURE_TABLE]
             area = pack_header_area(new)
         if len(area) > limit:
-            raise image_error(self.path, "header of %d bytes exceeds the %d that can be written "
-                              "at once" % (len(area), limit), len(area))
+            raise image_error(self.path, "%s needs %d bytes, more than the %d that can be "
+                              "written at once" % (subject, len(area), limit), len(area))
         old_len = len(pack_header_area(self.header))
         self.io.pwrite(area.ljust(min(limit, max(old_len, len(area))), b"\0"), 0)
         self.io.fsync()

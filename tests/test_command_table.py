@@ -78,7 +78,7 @@ def test_schemas_use_known_types():
         for key, type_ in schema.items():
             assert re.fullmatch(r"\*?[a-z][a-z0-9-]*", key), (name, key)
             inner = type_[0] if isinstance(type_, list) else type_
-            assert inner in ("str", "int", "bool") or inner in ENUMS, (name, key)
+            assert inner in ("str", "int", "bool", "any") or inner in ENUMS, (name, key)
 
 
 def test_query_commands_lists_the_schemas_and_core_api_commands():
