@@ -42,11 +42,14 @@ class Qcow2Bitmaps:
         self._bitmap_entries: List[BitmapEntry] = []
         self._stale_bitmaps_ext = False
         data = next((d for t, d in self.header.extensions if t == QCOW2_EXT_MAGIC_BITMAPS), None)
-        if data is None:
-            return
-        if not self.header.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS:
+        if data is not None and not self.header.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS:
             self._stale_bitmaps_ext = True
-            return
+        elif data is not None:
+            self._load_directory(data)
+        if not self.read_only:
+            self._bitmaps_now_writable()
+
+    def _load_directory(self, data: bytes) -> None:
         ext = parse_ext(data, self.cluster_size, self.path)
         if ext.directory_offset + ext.directory_size > self.io.size():
             raise image_error(self.path, "Broken bitmap directory", ext.directory_offset)
@@ -55,8 +58,6 @@ class Qcow2Bitmaps:
         for entry in entries:
             self.dirty_bitmaps.adopt(self._load_bitmap(entry))
         self._bitmaps_ext, self._bitmap_entries = ext, entries
-        if not self.read_only:
-            self._bitmaps_now_writable()
 
     def _load_bitmap(self, entry: BitmapEntry) -> DirtyBitmap:
         bitmap = DirtyBitmap(entry.name, self.virtual_size, 1 << entry.granularity_bits,
