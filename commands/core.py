@@ -14,6 +14,7 @@ from images.guest_io import GuestView
 from images.job_registry import JobRegistry
 
 from . import block_info
+from .backup import drive_backup
 from .bitmaps import BitmapCommands
 from .block_stream import start_stream
 from .devices import DeviceTable
@@ -42,6 +43,7 @@ class BlockCore:
             "query-block": self._query_block,
             "query-block-jobs": self._query_block_jobs,
             "block-stream": lambda args: start_stream(self, args),
+            "drive-backup": lambda args: drive_backup(self, args),
             "block-job-set-speed": lambda a: self._job(a["device"]).set_speed(a["speed"]),
             "block-job-cancel": lambda a: self._job(a["device"]).cancel(a.get("force", False)),
             "block-job-pause": lambda a: self._job(a["device"]).pause(),

@@ -15,6 +15,7 @@ from typing import Callable, Dict, Optional
 from images.errors import BlockError
 
 from . import bitmaps, hmp_info
+from .backup import hmp_drive_backup
 from .args import _SPACE, ParseError, parse_arguments
 from .errors import CommandError, QemuIoFailed, qmp_error
 from .table import find_command
@@ -177,6 +178,7 @@ _ADAPTERS = {
     "block_job_resume": _job_verb("block-job-resume"),
     "snapshot_blkdev": _snapshot_blkdev,
     "qemu-io": _qemu_io,
+    "drive_backup": hmp_drive_backup,
     "block_dirty_bitmap_add": bitmaps.hmp_add,
     "block_dirty_bitmap_remove": bitmaps.hmp_verb("block-dirty-bitmap-remove"),
     "block_dirty_bitmap_clear": bitmaps.hmp_verb("block-dirty-bitmap-clear"),

@@ -97,6 +97,20 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
                "recreating it from scratch.",
                qmp="blockdev-snapshot-sync",
                complete={"device": "devices", "snapshot-file": "files", "format": "formats"}),
+    HmpCommand("drive_backup", "reuse:-n,full:-f,compress:-c,device:B,target:s,format:s?",
+               "[-n] [-f] [-c] device target [format]",
+               "initiates a point-in-time\n\t\t\t"
+               "copy for a device. The device's contents are\n\t\t\t"
+               "copied to the new image file, excluding data that\n\t\t\t"
+               "is written after the command is started.\n\t\t\t"
+               "The -n flag requests QEMU to reuse the image found\n\t\t\t"
+               "in new-image-file, instead of recreating it from scratch.\n\t\t\t"
+               "The -f flag requests QEMU to copy the whole disk,\n\t\t\t"
+               "so that the result does not need a backing file.\n\t\t\t"
+               "The -c flag requests QEMU to compress backup data\n\t\t\t"
+               "(if the target format supports it).\n\t\t\t",
+               qmp="drive-backup",
+               complete={"device": "devices", "target": "files", "format": "formats"}),
     # -d (qdev id) is accepted for compatibility: our device ids are the drive names.
     HmpCommand("qemu-io", "qdev:-d,device:B,command:s", "[-d] [device] \"[command]\"",
                "run a qemu-io command on a block device\n\t\t\t"
@@ -130,6 +144,8 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
 ENUMS: Dict[str, Tuple[str, ...]] = {
     "BlockdevOnError": ("report", "ignore", "enospc", "stop", "auto"),
     "NewImageMode": ("existing", "absolute-paths"),
+    "MirrorSyncMode": ("top", "full", "none", "incremental", "bitmap"),
+    "BitmapSyncMode": ("on-success", "never", "always"),
 }
 
 QMP_SCHEMAS: Dict[str, Dict[str, object]] = {
@@ -166,6 +182,13 @@ QMP_SCHEMAS: Dict[str, Dict[str, object]] = {
     "block-dirty-bitmap-disable": {"node": "str", "name": "str"},
     "block-dirty-bitmap-merge": {"node": "str", "target": "str", "bitmaps": ["any"]},
     "x-blockmon-query-dirty-bitmaps": {},
+    "drive-backup": {
+        "*job-id": "str", "device": "str", "sync": "MirrorSyncMode", "*speed": "int",
+        "*bitmap": "str", "*bitmap-mode": "BitmapSyncMode", "*compress": "bool",
+        "*on-source-error": "BlockdevOnError", "*on-target-error": "BlockdevOnError",
+        "*auto-finalize": "bool", "*auto-dismiss": "bool", "target": "str",
+        "*format": "str", "*mode": "NewImageMode",
+    },
     "quit": {},
 }
 

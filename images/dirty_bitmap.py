@@ -51,6 +51,9 @@ class DirtyBitmap:
         self.inconsistent = False
         self.readonly = False
         self.busy = False
+        # While an operation (a backup) holds the bitmap, guest writes go to this
+        # anonymous bitmap instead (QEMU's successor); see NodeBitmaps.freeze.
+        self.successor: Optional["DirtyBitmap"] = None
         self._lock = threading.Lock()
         self._starts: List[int] = []      # granule intervals [start, end), sorted, disjoint
         self._ends: List[int] = []
@@ -195,7 +198,8 @@ class DirtyBitmap:
 
     def info(self) -> dict:
         """QEMU 7.2's BlockDirtyInfo."""
-        info = {"name": self.name, "recording": self.enabled, "persistent": self.persistent,
+        recording = self.enabled or (self.successor is not None and self.successor.enabled)
+        info = {"name": self.name, "recording": recording, "persistent": self.persistent,
                 "busy": self.busy, "granularity": self.granularity, "count": self.count()}
         if self.inconsistent:
             info["inconsistent"] = True
@@ -275,7 +279,46 @@ class NodeBitmaps:
             self._bitmaps = [b for b in self._bitmaps if b is not bitmap]
 
     def mark(self, offset: int, length: int) -> None:
-        """A guest write: every recording bitmap gets the range."""
-        for bitmap in self:
-            if bitmap.enabled:
-                bitmap.set_dirty(offset, length)
+        """A guest write: every recording bitmap (or its successor) gets the range.
+        Under the list's lock, so that no write falls between a bitmap and its
+        successor while an operation takes or gives back the bitmap."""
+        with self._lock:
+            for bitmap in self._bitmaps:
+                target = bitmap.successor or bitmap
+                if target.enabled:
+                    target.set_dirty(offset, length)
+
+    # -- an operation holding a bitmap (QEMU's successor, abdicate, reclaim) ------------
+    def freeze(self, bitmap: DirtyBitmap) -> None:
+        """bdrv_dirty_bitmap_create_successor: the bitmap is busy and stops changing;
+        new guest writes go to an anonymous successor."""
+        with self._lock:
+            bitmap.check(BUSY)
+            bitmap.successor = DirtyBitmap(None, bitmap.size, bitmap.granularity,
+                                           bitmap.enabled)
+            bitmap.enabled = False
+            bitmap.busy = True
+
+    def abdicate(self, bitmap: DirtyBitmap) -> None:
+        """The operation succeeded: the bitmap holds only what was written since it
+        started (the successor takes its name, so it is listed first, as in QEMU)."""
+        with self._lock:
+            successor = self._thaw(bitmap)
+            bitmap.clear()
+            bitmap.merge_from(successor)
+            self._bitmaps = [bitmap] + [b for b in self._bitmaps if b is not bitmap]
+
+    def reclaim(self, bitmap: DirtyBitmap, also: Optional[DirtyBitmap] = None) -> None:
+        """The operation failed: the bitmap keeps its bits, gains the successor's (and
+        ``also``'s, for bitmap-mode=always: what was left to copy)."""
+        with self._lock:
+            successor = self._thaw(bitmap)
+            if also is not None:
+                bitmap.clear()
+                bitmap.merge_from(also)
+            bitmap.merge_from(successor)
+
+    def _thaw(self, bitmap: DirtyBitmap) -> DirtyBitmap:
+        successor = bitmap.successor
+        bitmap.successor, bitmap.busy, bitmap.enabled = None, False, successor.enabled
+        return successor

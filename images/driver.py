@@ -52,6 +52,9 @@ class BlockImage:
         self.backing_format: Optional[str] = None  # the format stored in the header
         self.node_name: Optional[str] = None       # set by whoever names the nodes
         self.dirty_bitmaps = NodeBitmaps()         # QEMU's bs->dirty_bitmaps
+        # Called as f(offset, length) before each guest write, zero write or discard
+        # (guest_io.GuestView): a backup copies the old data out first.
+        self.before_guest_write: list = []
         self.virtual_size = 0
         self.cluster_size = 512
 

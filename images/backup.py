@@ -1,0 +1,134 @@
+"""The backup job: a point-in-time copy of a live disk into a target image (QEMU's
+block/backup.c with its copy-before-write filter, done with our block layer).
+
+What to copy is a ``DirtyBitmap`` of job clusters (QEMU's block-copy bitmap), set at
+start from the sync mode: ``full`` the whole disk, ``top`` what the top image
+allocates, ``incremental``/``bitmap`` what the user's bitmap has dirty.  The body
+walks it, copying cluster runs from the source (read through its whole chain) to the
+target and clearing their bits.  Point in time: a guest write (``GuestView``) first
+calls ``before_write``, which copies the old data of the clusters not yet copied and
+clears them, so the target ends up with the disk as it was when the job started.
+Both copies happen under one lock, so a cluster is copied exactly once.
+
+The user's bitmap is frozen while the job runs (new guest writes go to its
+successor).  On success with bitmap-mode on-success or always it then holds only
+the writes made since the start; on failure or cancel it keeps every bit (plus the
+new ones), and with mode always it holds what was not copied plus the new writes.
+
+The device is never switched; on success the target is flushed before
+BLOCK_JOB_COMPLETED.
+"""
+import threading
+
+from .dirty_bitmap import DirtyBitmap
+from .driver import UNALLOCATED
+from .jobs import Job
+
+BACKUP_CLUSTER = 65536          # QEMU's minimum block-copy cluster
+BACKUP_CHUNK = 1 << 20          # bytes copied under the lock at a time
+
+
+class BackupJob(Job):
+    job_type = "backup"
+
+    def __init__(self, job_id, events, source, target, sync, *, bitmap=None, bitmaps=None,
+                 bitmap_mode="on-success", target_is_fresh=False, on_finished=None,
+                 **job_options):
+        super().__init__(job_id, events, **job_options)
+        self.source, self.target, self.sync = source, target, sync
+        self.bitmap, self.bitmaps, self.bitmap_mode = bitmap, bitmaps, bitmap_mode
+        self.cluster = max(BACKUP_CLUSTER, target.cluster_size)
+        self.target_is_fresh = target_is_fresh
+        self._on_finished = on_finished
+        self._copy_lock = threading.Lock()
+        self.todo = DirtyBitmap(None, source.virtual_size, self.cluster)
+        with source.lock:
+            self._plan()
+            if bitmap is not None:
+                bitmaps.freeze(bitmap)
+            source.before_guest_write.append(self.before_write)
+        self.set_len(sum(length for _, length in self.todo.extents()))
+
+    def _plan(self):
+        size = self.source.virtual_size
+        if self.sync == "full":
+            self.todo.set_dirty(0, size)
+        elif self.sync == "top":
+            for run in self.source.block_status(0, size) if size else []:
+                if run.kind != UNALLOCATED:
+                    self.todo.set_dirty(run.offset, run.length)
+        elif self.sync in ("incremental", "bitmap"):
+            self.todo.merge_from(self.bitmap)
+
+    # -- copying ------------------------------------------------------------------
+    def before_write(self, offset, length):
+        """Copy-before-write: the old data of not yet copied clusters goes first."""
+        with self._copy_lock:
+            copied = self._copy_locked(offset, length)
+        if copied:
+            self.progress(copied)
+
+    def _copy_locked(self, offset, length):
+        copied = 0
+        for start, n in self.todo.extents(offset, length):
+            lo = start // self.cluster * self.cluster
+            hi = min(self.source.virtual_size, -(-(start + n) // self.cluster) * self.cluster)
+            for run_start, run_len in self.todo.extents(lo, hi - lo):
+                self._copy_range(run_start, run_len)
+                self.todo.reset(run_start, run_len)
+                copied += run_len
+        return copied
+
+    def _copy_range(self, offset, length):
+        data = self.source.read(offset, length)
+        if data.count(0) == len(data):
+            if self.target_is_fresh and self.target.backing is None:
+                return          # a new image without backing reads as zeros already
+            self.target.write_zeroes(offset, length)
+        else:
+            self.target.write(offset, data)
+
+    def run(self):
+        with self._lock:        # QEMU: every backup blinks paused/running as it starts
+            self._transition("paused")
+            self._transition("running")
+        pos = 0
+        while True:
+            if not self.checkpoint():
+                return
+            extents = self.todo.extents(pos, None)
+            if not extents:
+                return
+            start = extents[0][0]
+            length = min(extents[0][1], BACKUP_CHUNK)
+            with self._copy_lock:
+                copied = self._copy_locked(start, length)
+            self.account_copied(copied)
+            self.progress(copied)
+            pos = start + length
+
+    # -- completion ----------------------------------------------------------------
+    def prepare(self):
+        self._detach()
+        self.target.flush()
+        if self.bitmap is not None:
+            if self.bitmap_mode == "never":
+                self.bitmaps.reclaim(self.bitmap)
+            else:
+                self.bitmaps.abdicate(self.bitmap)
+
+    def abort(self):
+        self._detach()
+        if self.bitmap is not None and self.bitmap.successor is not None:
+            remaining = self.todo if self.bitmap_mode == "always" else None
+            self.bitmaps.reclaim(self.bitmap, also=remaining)
+
+    def _detach(self):
+        with self._copy_lock:
+            if self.before_write in self.source.before_guest_write:
+                self.source.before_guest_write.remove(self.before_write)
+
+    def clean(self):
+        self._detach()
+        if self._on_finished is not None:
+            self._on_finished(self)
