@@ -51,7 +51,7 @@ class BackupJob(Job):
 
     def _plan(self):
         size = self.source.virtual_size
-        if self.sync == "full":
+        if self.sync in ("full", "none"):     # none: nothing by itself, all by copy-before-write
             self.todo.set_dirty(0, size)
         elif self.sync == "top":
             for run in self.source.block_status(0, size) if size else []:
@@ -92,6 +92,11 @@ class BackupJob(Job):
         with self._lock:        # QEMU: every backup blinks paused/running as it starts
             self._transition("paused")
             self._transition("running")
+        if self.sync == "none":     # only copy-before-write: runs until cancelled
+            while self.checkpoint():
+                with self._lock:
+                    self._wake.wait(0.5)
+            return
         pos = 0
         while True:
             if not self.checkpoint():
