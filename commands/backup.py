@@ -149,7 +149,8 @@ def _drive_backup(core, args):
                         target_is_fresh=mode != "existing",
                         on_finished=lambda finished: _finished(table, top, close_target),
                         speed=args.get("speed", 0),
-                        on_error=args.get("on-target-error", "report"),
+                        on_source_error=args.get("on-source-error", "report"),
+                        on_target_error=args.get("on-target-error", "report"),
                         auto_finalize=args.get("auto-finalize", True),
                         auto_dismiss=args.get("auto-dismiss", True))
     except Exception:

@@ -22,6 +22,7 @@ import threading
 
 from .dirty_bitmap import DirtyBitmap
 from .driver import UNALLOCATED
+from .errors import ImageIOError
 from .jobs import Job
 
 BACKUP_CLUSTER = 65536          # QEMU's minimum block-copy cluster
@@ -33,8 +34,9 @@ class BackupJob(Job):
 
     def __init__(self, job_id, events, source, target, sync, *, bitmap=None, bitmaps=None,
                  bitmap_mode="on-success", target_is_fresh=False, on_finished=None,
-                 **job_options):
-        super().__init__(job_id, events, **job_options)
+                 on_source_error="report", on_target_error="report", **job_options):
+        super().__init__(job_id, events, on_error=on_target_error, **job_options)
+        self.on_source_error, self.on_target_error = on_source_error, on_target_error
         self.source, self.target, self.sync = source, target, sync
         self.bitmap, self.bitmaps, self.bitmap_mode = bitmap, bitmaps, bitmap_mode
         self.cluster = max(BACKUP_CLUSTER, target.cluster_size)
@@ -88,6 +90,12 @@ class BackupJob(Job):
         else:
             self.target.write(offset, data)
 
+    def error_action(self, exc):
+        """on-source-error for failed reads, on-target-error for failed writes."""
+        source = getattr(exc, "operation", "read") == "read"
+        self.on_error = self.on_source_error if source else self.on_target_error
+        return super().error_action(exc)
+
     def run(self):
         with self._lock:        # QEMU: every backup blinks paused/running as it starts
             self._transition("paused")
@@ -106,8 +114,16 @@ class BackupJob(Job):
                 return
             start = extents[0][0]
             length = min(extents[0][1], BACKUP_CHUNK)
-            with self._copy_lock:
-                copied = self._copy_locked(start, length)
+            try:
+                with self._copy_lock:
+                    copied = self._copy_locked(start, length)
+            except ImageIOError as err:
+                action = self.error_action(err)
+                if action == "retry":
+                    continue
+                if action != "ignore":
+                    raise
+                copied = 0
             self.account_copied(copied)
             self.progress(copied)
             pos = start + length

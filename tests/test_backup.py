@@ -223,3 +223,30 @@ def test_hmp_drive_backup(disk):
     assert hmp.run_line("drive_backup -f virtio0 %s" % (tmp_path / "h.qcow2")).output == ""
     assert core.wait_jobs(timeout=60)
     assert identical(str(tmp_path / "top.qcow2"), str(tmp_path / "h.qcow2"))[0]
+
+
+def test_failed_incremental_keeps_every_bit_and_reports_the_error(disk):
+    """A target that fails every write: BLOCK_JOB_ERROR, then BLOCK_JOB_COMPLETED with the
+    error; the bitmap still has its bits and the writes made meanwhile."""
+    from images.backup import BackupJob
+    from images.faults import FaultInjectingImage
+    from images.qcow2 import Qcow2Image, create_qcow2
+    core, tmp_path, events = disk
+    core.execute("block-dirty-bitmap-add", {"node": "virtio0", "name": "b0"})
+    guest(core, "write 2M 128k")
+    top = core.active_image("virtio0")
+    create_qcow2(str(tmp_path / "bad.qcow2"), SIZE)
+    target = FaultInjectingImage(Qcow2Image.open(str(tmp_path / "bad.qcow2")))
+    target.inject("write", 0, None)
+    job = BackupJob("bad", core.events, top, target, "bitmap", bitmap=top.dirty_bitmaps.get("b0"),
+                    bitmaps=top.dirty_bitmaps, bitmap_mode="on-success")
+    core.jobs_registry.add(job)
+    job.start()
+    assert job.wait(60)
+    target.close()
+    assert [e["data"] for e in events if e["event"] == "BLOCK_JOB_ERROR"] == [
+        {"device": "bad", "operation": "write", "action": "report"}]
+    done = next(e["data"] for e in events if e["event"] == "BLOCK_JOB_COMPLETED")
+    assert done["error"] and done["offset"] == 0
+    assert top.dirty_bitmaps.get("b0").extents() == [(2 << 20, 131072)]
+    assert not top.dirty_bitmaps.get("b0").busy
