@@ -6,21 +6,22 @@ before any file is created, and an existing target file is never recreated unles
 ``mode`` is ``existing`` (``-n``).  The target: sync=full/incremental/bitmap gets
 no backing file, sync=top the source's backing file, sync=none the source itself
 (named as the chain names it: relative names stay relative when the target is in
-the same directory).  The job is ``images.backup.BackupJob``; the device is never
+the same directory).  The job is ``images.jobs.backup.BackupJob``; the device is never
 switched.
 """
 import os
 
-from images.backup import BackupJob
+from images.jobs.backup import BackupJob
 from images.chain import close_chain, open_image
 from images.dirty_bitmap import CHECK_ALLOW_RO
-from images.job_states import id_wellformed
-from images.jobs import SPEED_ERROR
+from images.driver import FORMATS
+from images.jobs.states import id_wellformed
+from images.jobs.blockjob import SPEED_ERROR
 from images.qcow2 import Qcow2Image, create_qcow2
 from images.raw import create_raw
 
 from .errors import CommandError
-from .snapshot import KNOWN_FORMATS, _image_in_file
+from .snapshot import _image_in_file
 
 BACKUP_TARGET_CLUSTER = 65536
 
@@ -79,7 +80,7 @@ def _backing_for(top, sync, target_path):
 
 
 def _check_target(table, top, path, fmt, mode, sync):
-    if fmt is not None and fmt not in KNOWN_FORMATS:
+    if fmt is not None and fmt not in FORMATS:
         raise CommandError("Unknown file format '%s'" % fmt)
     backing, _ = _backing_for(top, sync, path)
     if backing is not None and fmt == "raw":
@@ -156,16 +157,21 @@ def _drive_backup(core, args):
     except Exception:
         close_target()
         raise
-    table.block([top], "backup")
+    _start(core, job, top, close_target)
+    return {}
+
+
+def _start(core, job, top, close_target):
+    """Block the source, list the job ('created'), run it; undo all on a refusal."""
+    core.devices.block([top], "backup")
     try:
         core.jobs_registry.add(job)
     except Exception:
         job.abort()
-        table.unblock([top])
+        core.devices.unblock([top])
         close_target()
         raise
     job.start()
-    return {}
 
 
 def _finished(table, top, close_target):

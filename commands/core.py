@@ -11,7 +11,7 @@ import threading
 from images.errors import JobError
 from images.events import EventBus
 from images.guest_io import GuestView
-from images.job_registry import JobRegistry
+from images.jobs.registry import JobRegistry
 
 from . import block_info
 from .backup import drive_backup

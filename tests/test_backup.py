@@ -228,7 +228,7 @@ def test_hmp_drive_backup(disk):
 def test_failed_incremental_keeps_every_bit_and_reports_the_error(disk):
     """A target that fails every write: BLOCK_JOB_ERROR, then BLOCK_JOB_COMPLETED with the
     error; the bitmap still has its bits and the writes made meanwhile."""
-    from images.backup import BackupJob
+    from images.jobs.backup import BackupJob
     from images.faults import FaultInjectingImage
     from images.qcow2 import Qcow2Image, create_qcow2
     core, tmp_path, events = disk

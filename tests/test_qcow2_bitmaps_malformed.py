@@ -10,8 +10,8 @@ from oracle import qemu_img
 
 from images.errors import ImageError
 from images.qcow2 import Qcow2Image
-from images.qcow2_bitmap_format import DIR_ENTRY
-from images.qcow2_format import AUTOCLEAR_FEATURES_OFFSET
+from images.qcow2.bitmap_format import DIR_ENTRY
+from images.qcow2.format import AUTOCLEAR_FEATURES_OFFSET
 
 MAGIC = struct.pack(">I", 0x23852875)
 

@@ -20,16 +20,16 @@ BLOCK_JOB_COMPLETED.
 """
 import threading
 
-from .dirty_bitmap import DirtyBitmap
-from .driver import UNALLOCATED
-from .errors import ImageIOError
-from .jobs import Job
+from ..dirty_bitmap import DirtyBitmap
+from ..driver import UNALLOCATED
+from ..errors import ImageIOError
+from .blockjob import BlockJob
 
 BACKUP_CLUSTER = 65536          # QEMU's minimum block-copy cluster
 BACKUP_CHUNK = 1 << 20          # bytes copied under the lock at a time
 
 
-class BackupJob(Job):
+class BackupJob(BlockJob):
     job_type = "backup"
 
     def __init__(self, job_id, events, source, target, sync, *, bitmap=None, bitmaps=None,

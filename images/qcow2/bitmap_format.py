@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass
 from typing import List, Optional
 
-from .qcow2_format import image_error
+from .format import image_error
 
 QCOW2_AUTOCLEAR_BITMAPS = 1 << 0      # autoclear bit 0: the extension data is consistent
 QCOW2_MAX_BITMAPS = 65535

@@ -22,13 +22,13 @@ while QEMU runs).
 """
 from typing import List, Optional
 
-from .dirty_bitmap import DirtyBitmap
-from .qcow2_bitmap_format import (BME_FLAG_AUTO, BME_FLAG_IN_USE, BME_TABLE_ENTRY_FLAG_ALL_ONES,
+from ..dirty_bitmap import DirtyBitmap
+from .bitmap_format import (BME_FLAG_AUTO, BME_FLAG_IN_USE, BME_TABLE_ENTRY_FLAG_ALL_ONES,
                                   BME_TABLE_ENTRY_OFFSET_MASK, QCOW2_AUTOCLEAR_BITMAPS,
                                   QCOW2_MAX_BITMAP_DIRECTORY_SIZE, QCOW2_MAX_BITMAPS, BitmapEntry,
                                   BitmapsExt, constraints_error, entry_size, pack_directory,
                                   parse_directory, parse_ext, parse_table, table_size)
-from .qcow2_format import (MAX_HEADER_AREA_WRITE, QCOW2_EXT_MAGIC_BITMAPS,
+from .format import (MAX_HEADER_AREA_WRITE, QCOW2_EXT_MAGIC_BITMAPS,
                            QCOW2_EXT_MAGIC_FEATURE_TABLE, Qcow2Header, image_error,
                            pack_header_area)
 
