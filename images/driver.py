@@ -12,10 +12,10 @@ import threading
 from dataclasses import dataclass
 from typing import List, NamedTuple, Optional
 
+from .dirty_bitmap import NodeBitmaps
+
 # The image formats blockmon opens and creates (QEMU's driver names): the one list.
 FORMATS = ("qcow2", "raw")
-
-from .dirty_bitmap import NodeBitmaps
 
 DATA = "data"              # this layer holds the bytes
 ZERO = "zero"              # this layer says: reads as zero (qcow2 zero flag)
