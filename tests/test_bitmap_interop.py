@@ -241,3 +241,25 @@ def test_sigkill_leaves_the_bitmap_inconsistent_for_qemu_and_blockmon(tmp_path):
     finally:
         core.shutdown()
     assert stored_bitmaps(path) == [] and check_clean(path)[0]
+
+
+def test_small_clusters_and_fine_granularity_span_many_bitmap_clusters(tmp_path):
+    """4 KiB clusters and 512-byte granules: the bitmap data of a 100 MiB + 512 byte disk
+    fills 7 clusters; both sides agree on every table entry, and on the partial end."""
+    require_tools("qemu-nbd")
+    path = str(tmp_path / "fine.qcow2")
+    size = (100 << 20) + 512
+    run("qemu-img", "create", "-q", "-f", "qcow2", "-o", "cluster_size=4096", path, str(size))
+    run("qemu-img", "bitmap", "--add", "-g", "512", path, "theirs")
+    run("qemu-io", "-c", "write 0 1", "-c", "write 33M 3k", "-c", "write 99M 1M", path)
+    lines = ['qemu-io virtio0 "write %d %d"' % (offset, min(700, size - offset))
+             for offset in (512 * 7, 17 << 20, (60 << 20) + 1000, size - 512)]
+    blockmon_script(path, "block_dirty_bitmap_add -p virtio0 ours 512B", *lines)
+    assert check_clean(path)[0]
+    theirs = [(0, 512), (33 << 20, 3072), (99 << 20, 1 << 20)]
+    ours = [(3584, 1024), (17 << 20, 1024), ((60 << 20) + 512, 1536), (size - 512, 512)]
+    assert dirty_ranges(path, "ours") == ours
+    # blockmon's writes went into "theirs" too (it was loaded and recording)
+    assert dirty_ranges(path, "theirs") == [theirs[0], ours[0], ours[1], theirs[1], ours[2],
+                                            (99 << 20, (1 << 20) + 512)]   # 99M..end, merged
+    assert loaded(path)["ours"][1] == ours
