@@ -250,3 +250,23 @@ def test_failed_incremental_keeps_every_bit_and_reports_the_error(disk):
     assert done["error"] and done["offset"] == 0
     assert top.dirty_bitmaps.get("b0").extents() == [(2 << 20, 131072)]
     assert not top.dirty_bitmaps.get("b0").busy
+
+
+def test_the_read_write_path_gives_the_same_backup(disk):
+    """A target that cannot take kernel-side copies (a wrapper) gets read and write."""
+    from images.faults import FaultInjectingImage
+    from images.jobs.backup import BackupJob
+    from images.qcow2 import Qcow2Image, create_qcow2
+    core, tmp_path, _ = disk
+    ref = reference(core, tmp_path, "ref.qcow2")
+    path = str(tmp_path / "slow.qcow2")
+    create_qcow2(path, SIZE)
+    target = FaultInjectingImage(Qcow2Image.open(path))
+    job = BackupJob("slow", core.events, core.active_image("virtio0"), target, "full",
+                    target_is_fresh=True, speed=16 << 20)
+    core.jobs_registry.add(job)
+    job.start()
+    writer(core, [(n * 3 << 20) + 100 for n in range(20)], 0x30).join()
+    assert job.wait(120) and job.error is None
+    target.close()
+    assert identical(ref, path)[0] and check_clean(path)[0]

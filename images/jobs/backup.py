@@ -8,7 +8,10 @@ walks it, copying cluster runs from the source (read through its whole chain) to
 target and clearing their bits.  Point in time: a guest write (``GuestView``) first
 calls ``before_write``, which copies the old data of the clusters not yet copied and
 clears them, so the target ends up with the disk as it was when the job started.
-Both copies happen under one lock, so a cluster is copied exactly once.
+Both copies happen under one lock, so a cluster is copied exactly once.  Whole
+clusters of plain data that the target leaves unallocated are copied kernel-side
+with the stream's batch copy (``copy_plan.plan_batch``, ``Qcow2Image.copy_batch``);
+edges, compressed data and wrapped targets go through read and write.
 
 The user's bitmap is frozen while the job runs (new guest writes go to its
 successor).  On success with bitmap-mode on-success or always it then holds only
@@ -21,9 +24,11 @@ BLOCK_JOB_COMPLETED.
 import threading
 
 from ..dirty_bitmap import DirtyBitmap
-from ..driver import UNALLOCATED
+from ..chain import chain_of, extents_above
+from ..driver import DATA, UNALLOCATED, Run
 from ..errors import ImageIOError
 from .blockjob import BlockJob
+from .copy_plan import fast_path_top, plan_batch
 
 BACKUP_CLUSTER = 65536          # QEMU's minimum block-copy cluster
 BACKUP_CHUNK = 1 << 20          # bytes copied under the lock at a time
@@ -82,8 +87,25 @@ class BackupJob(BlockJob):
         return copied
 
     def _copy_range(self, offset, length):
-        data = self.source.read(offset, length)
-        if data.count(0) == len(data):
+        """Whole clusters of plain data go kernel-side (the stream's batch copy) when
+        the target leaves them unallocated; the rest through read and write."""
+        if not fast_path_top(self.target):
+            self._copy_slow(DATA, offset, length)
+            return
+        with self.source.lock, self.target.lock:
+            if any(r.kind != UNALLOCATED for r in self.target.block_status(offset, length)):
+                rest = [Run(DATA, offset, length)]
+            else:
+                extents = extents_above(self.source, None, offset, length)
+                fast, rest = plan_batch(extents, [self.target] + chain_of(self.source),
+                                        self.target.cluster_size)
+                self.target.copy_batch(fast)
+            for run in rest:
+                self._copy_slow(run.kind, run.offset, run.length)
+
+    def _copy_slow(self, kind, offset, length):
+        data = self.source.read(offset, length) if kind == DATA else bytes(0)
+        if kind != DATA or data.count(0) == len(data):
             if self.target_is_fresh and self.target.backing is None:
                 return          # a new image without backing reads as zeros already
             self.target.write_zeroes(offset, length)
