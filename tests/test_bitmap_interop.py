@@ -99,7 +99,7 @@ def new_image(tmp_path, name="disk.qcow2"):
 # -- blockmon writes, QEMU reads ------------------------------------------------------
 
 def test_bitmaps_blockmon_stores_are_read_and_edited_by_qemu_img(tmp_path):
-    require_tools("qemu-nbd")
+    require_tools("qemu-nbd", "nbdinfo")
     path = new_image(tmp_path)
     blockmon_script(path, "block_dirty_bitmap_add -p virtio0 b0",
                     "block_dirty_bitmap_add -p -d virtio0 b1 128k",
