@@ -76,31 +76,37 @@ class BackupJob(BlockJob):
             self.progress(copied)
 
     def _copy_locked(self, offset, length):
-        copied = 0
+        """Copy every not yet copied job cluster that [offset, offset+length) touches,
+        as one batch; returns the bytes copied."""
+        runs = []
         for start, n in self.todo.extents(offset, length):
             lo = start // self.cluster * self.cluster
             hi = min(self.source.virtual_size, -(-(start + n) // self.cluster) * self.cluster)
-            for run_start, run_len in self.todo.extents(lo, hi - lo):
-                self._copy_range(run_start, run_len)
-                self.todo.reset(run_start, run_len)
-                copied += run_len
-        return copied
+            runs.extend(self.todo.extents(lo, hi - lo))   # todo's extents are whole clusters
+        if runs:
+            self._copy_runs(runs)
+        for run_start, run_len in runs:
+            self.todo.reset(run_start, run_len)
+        return sum(n for _, n in runs)
 
-    def _copy_range(self, offset, length):
-        """Whole clusters of plain data go kernel-side (the stream's batch copy) when
-        the target leaves them unallocated; the rest through read and write."""
+    def _copy_runs(self, runs):
+        """Whole clusters of plain data go kernel-side in one batch (the stream's batch
+        copy) when the target leaves them unallocated; the rest through read and write."""
         if not fast_path_top(self.target):
-            self._copy_slow(DATA, offset, length)
+            for offset, length in runs:
+                self._copy_slow(DATA, offset, length)
             return
         with self.source.lock, self.target.lock:
-            if any(r.kind != UNALLOCATED for r in self.target.block_status(offset, length)):
-                rest = [Run(DATA, offset, length)]
-            else:
-                extents = extents_above(self.source, None, offset, length)
-                fast, rest = plan_batch(extents, [self.target] + chain_of(self.source),
-                                        self.target.cluster_size)
-                self.target.copy_batch(fast)
-            for run in rest:
+            extents, rest = [], []
+            for offset, length in runs:
+                if any(r.kind != UNALLOCATED for r in self.target.block_status(offset, length)):
+                    rest.append(Run(DATA, offset, length))
+                else:
+                    extents.extend(extents_above(self.source, None, offset, length))
+            fast, slow = plan_batch(extents, [self.target] + chain_of(self.source),
+                                    self.target.cluster_size)
+            self.target.copy_batch(fast)
+            for run in sorted(rest + slow, key=lambda r: r.offset):
                 self._copy_slow(run.kind, run.offset, run.length)
 
     def _copy_slow(self, kind, offset, length):
@@ -134,8 +140,7 @@ class BackupJob(BlockJob):
             extents = self.todo.extents(pos, None)
             if not extents:
                 return
-            start = extents[0][0]
-            length = min(extents[0][1], BACKUP_CHUNK)
+            start, length = extents[0][0], BACKUP_CHUNK     # every dirty cluster in the window
             try:
                 with self._copy_lock:
                     copied = self._copy_locked(start, length)
