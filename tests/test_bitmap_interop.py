@@ -237,6 +237,12 @@ def test_sigkill_leaves_the_bitmap_inconsistent_for_qemu_and_blockmon(tmp_path):
         with pytest.raises(Exception) as err:
             core.execute("block-dirty-bitmap-clear", {"node": "virtio0", "name": "b0"})
         assert err.value.desc == "Bitmap 'b0' is inconsistent and cannot be used"
+        target = str(tmp_path / "inc.qcow2")       # never trusted for an incremental backup
+        with pytest.raises(Exception) as err:
+            core.execute("drive-backup", {"device": "virtio0", "target": target,
+                                          "sync": "incremental", "bitmap": "b0"})
+        assert err.value.desc == "Bitmap 'b0' is inconsistent and cannot be used"
+        assert not os.path.exists(target)
         core.execute("block-dirty-bitmap-remove", {"node": "virtio0", "name": "b0"})
     finally:
         core.shutdown()
