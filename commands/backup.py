@@ -72,7 +72,8 @@ def _backing_for(top, sync, target_path):
     image = {"top": top.backing, "none": top}.get(sync)
     if image is None:
         return None, None
-    same_dir = os.path.dirname(os.path.abspath(target_path)) == os.path.dirname(image.path)
+    # Both names below are relative to the top's directory: keep one only beside it.
+    same_dir = os.path.dirname(os.path.abspath(target_path)) == os.path.dirname(top.path)
     stored = top.backing_name if sync == "top" else os.path.basename(top.path)
     if not (same_dir and stored and not os.path.isabs(stored)):
         stored = image.path
