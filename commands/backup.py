@@ -20,6 +20,7 @@ from images.jobs.blockjob import SPEED_ERROR
 from images.qcow2 import Qcow2Image, create_qcow2
 from images.raw import create_raw
 
+from .block_jobs import JobKind, JobPlan, default_job_id, start_block_job
 from .errors import CommandError
 from .snapshot import _image_in_file
 
@@ -54,9 +55,9 @@ def _check_bitmap_arguments(top, args):
     return sync, bitmap, mode or "on-success"
 
 
-def _check_job(core, args, device_name):
-    job_id = args.get("job-id", device_name)
-    if job_id is None or not id_wellformed(job_id):
+def _check_job(core, args, job_id):
+    """The job's own checks, early: the target must not be made for a job refused later."""
+    if not id_wellformed(job_id):
         raise CommandError("Invalid job ID '%s'" % job_id)
     if any(job.id == job_id for job in core.jobs()):
         raise CommandError("Job ID '%s' already in use" % job_id)
@@ -64,7 +65,6 @@ def _check_job(core, args, device_name):
         raise CommandError(SPEED_ERROR)
     if args.get("compress"):
         raise CommandError("Compressed backups are not supported by blockmon yet")
-    return job_id
 
 
 def _backing_for(top, sync, target_path):
@@ -123,61 +123,42 @@ def _open_target(top, path, fmt, mode, sync):
 
 
 def drive_backup(core, args):
-    with core.devices.graph_lock:
-        return _drive_backup(core, args)
+    """QMP drive-backup through the shared job start (commands.block_jobs)."""
+    kind = JobKind("backup", plan=lambda table, top, device, a: _plan_backup(core, top, a))
+    return start_block_job(core, args, kind)
 
 
-def _drive_backup(core, args):
-    if core.closing:
-        raise CommandError("Cannot start a block job: blockmon is shutting down")
-    table = core.devices
-    device = args["device"]
-    top = table.lookup(device, device)
-    table.check_not_busy(top)
-    owner = table.device_of(top)
-    job_id = _check_job(core, args, owner.name if owner is not None else None)
-    sync, bitmap, bitmap_mode = _check_bitmap_arguments(top, args)
-    if sync == "top" and top.backing is None:
-        sync = "full"               # QEMU: nothing below to leave out
-    mode = args.get("mode", "absolute-paths")
-    # QEMU: without a format, a new target takes the source's, an existing one is probed
-    fmt = args.get("format", None if mode == "existing" else top.format_name)
-    path = args["target"]
-    _check_target(table, top, path, fmt, mode, sync)
-    target, close_target = _open_target(top, path, fmt, mode, sync)
-    try:
-        job = BackupJob(job_id, core.events, top, target, sync, bitmap=bitmap,
-                        bitmaps=top.dirty_bitmaps, bitmap_mode=bitmap_mode,
-                        target_is_fresh=mode != "existing",
-                        on_finished=lambda finished: _finished(table, top, close_target),
-                        speed=args.get("speed", 0),
-                        on_source_error=args.get("on-source-error", "report"),
-                        on_target_error=args.get("on-target-error", "report"),
-                        auto_finalize=args.get("auto-finalize", True),
-                        auto_dismiss=args.get("auto-dismiss", True))
-    except Exception:
-        close_target()
-        raise
-    _start(core, job, top, close_target)
-    return {}
+def _plan_backup(core, top, args):
+    """Every check runs in late_check, before ``create`` makes the target file."""
+    table, decided = core.devices, {}
 
+    def late_check():
+        _check_job(core, args, default_job_id(table, top, args))
+        sync, decided["bitmap"], decided["bitmap_mode"] = _check_bitmap_arguments(top, args)
+        if sync == "top" and top.backing is None:
+            sync = "full"               # QEMU: nothing below to leave out
+        mode = args.get("mode", "absolute-paths")
+        # QEMU: without a format, a new target takes the source's, an existing one is probed
+        fmt = args.get("format", None if mode == "existing" else top.format_name)
+        _check_target(table, top, args["target"], fmt, mode, sync)
+        decided.update(sync=sync, mode=mode, fmt=fmt)
 
-def _start(core, job, top, close_target):
-    """Block the source, list the job ('created'), run it; undo all on a refusal."""
-    core.devices.block([top], "backup")
-    try:
-        core.jobs_registry.add(job)
-    except Exception:
-        job.abort()
-        core.devices.unblock([top])
-        close_target()
-        raise
-    job.start()
-
-
-def _finished(table, top, close_target):
-    table.unblock([top])
-    close_target()
+    def create(job_id, events, on_finished, on_error=None, **common):
+        target, decided["close"] = _open_target(top, args["target"], decided["fmt"],
+                                                decided["mode"], decided["sync"])
+        try:
+            return BackupJob(job_id, events, top, target, decided["sync"],
+                             bitmap=decided["bitmap"], bitmaps=top.dirty_bitmaps,
+                             bitmap_mode=decided["bitmap_mode"],
+                             target_is_fresh=decided["mode"] != "existing",
+                             on_finished=on_finished,
+                             on_source_error=args.get("on-source-error", "report"),
+                             on_target_error=args.get("on-target-error", "report"), **common)
+        except Exception:
+            decided["close"]()
+            raise
+    return JobPlan(held=[top], create=create, late_check=late_check,
+                   cleanup=lambda job: decided["close"]())
 
 
 def hmp_drive_backup(hmp, args):

@@ -1,11 +1,13 @@
 """Dirty bitmap commands: QMP ``block-dirty-bitmap-*``, the ``dirty-bitmaps`` of
 ``query-block``, and blockmon's console commands over them.
 
-QMP handlers follow QEMU 7.2's block/monitor/bitmap-qmp-cmds.c: the same lookups
+QMP handlers (``handler(core, arguments)``, named by the command table) follow QEMU
+7.2's block/monitor/bitmap-qmp-cmds.c: the same lookups
 (``node`` is a device or a node name), the same order of checks and the same texts.
 A persistent bitmap on a read-only node is refused (QEMU accepts it and loses it at
 quit).  The console commands (``block_dirty_bitmap_add/remove/clear``, ``info
-dirty-bitmaps``) are ours: HMP 7.2 has none.
+dirty-bitmaps``) are ours: HMP 7.2 has none; their adapters are ``hmp_<name>``, found
+through ``commands.hmp``.
 """
 from images.chain import chain_of
 from images.dirty_bitmap import CHECK_ALLOW_RO, CHECK_DEFAULT, BUSY, READONLY, DirtyBitmap
@@ -27,136 +29,127 @@ def default_granularity(image):
     return 65536
 
 
-class BitmapCommands:
-    """The QMP handlers; ``core`` gives the device table."""
+def _node(core, node):
+    try:
+        return core.devices.lookup(node, node)
+    except CommandError:
+        raise CommandError("Node '%s' not found" % node) from None
 
-    def __init__(self, core):
-        self.core = core
 
-    def handlers(self):
-        return {
-            "block-dirty-bitmap-add": self.add,
-            "block-dirty-bitmap-remove": self.remove,
-            "block-dirty-bitmap-clear": self.clear,
-            "block-dirty-bitmap-enable": self.enable,
-            "block-dirty-bitmap-disable": self.disable,
-            "block-dirty-bitmap-merge": self.merge,
-            "x-blockmon-query-dirty-bitmaps": self.query,
-        }
+def lookup(core, node, name):
+    """block_dirty_bitmap_lookup: (image, bitmap)."""
+    image = _node(core, node)
+    return image, image.dirty_bitmaps.get(name)
 
-    # -- lookups ------------------------------------------------------------------
-    def _node(self, node):
-        try:
-            return self.core.devices.lookup(node, node)
-        except CommandError:
-            raise CommandError("Node '%s' not found" % node) from None
 
-    def lookup(self, node, name):
-        """block_dirty_bitmap_lookup: (image, bitmap)."""
-        image = self._node(node)
-        return image, image.dirty_bitmaps.get(name)
+# -- QMP handlers: handler(core, arguments) ------------------------------------------------
+def add(core, args):
+    name = args["name"]
+    if not name:
+        raise CommandError("Bitmap name cannot be empty")
+    image = core.devices.lookup(args["node"], args["node"])
+    if "granularity" in args:
+        granularity = args["granularity"]
+        if not 0 <= granularity <= UINT32_MAX:
+            raise CommandError("Parameter 'granularity' expects uint32_t")
+        if granularity < 512 or granularity & (granularity - 1):
+            raise CommandError("Granularity must be power of 2 and at least 512")
+    else:
+        granularity = default_granularity(image)
+    persistent = args.get("persistent", False)
+    if persistent:
+        _check_can_store(core, image, name, granularity)
+    image.dirty_bitmaps.create(name, image.virtual_size, granularity,
+                               enabled=not args.get("disabled", False), persistent=persistent)
+    return {}
 
-    # -- handlers -----------------------------------------------------------------
-    def add(self, args):
-        name = args["name"]
-        if not name:
-            raise CommandError("Bitmap name cannot be empty")
-        image = self.core.devices.lookup(args["node"], args["node"])
-        if "granularity" in args:
-            granularity = args["granularity"]
-            if not 0 <= granularity <= UINT32_MAX:
-                raise CommandError("Parameter 'granularity' expects uint32_t")
-            if granularity < 512 or granularity & (granularity - 1):
-                raise CommandError("Granularity must be power of 2 and at least 512")
-        else:
-            granularity = default_granularity(image)
-        persistent = args.get("persistent", False)
-        if persistent:
-            self._check_can_store(image, name, granularity)
-        image.dirty_bitmaps.create(name, image.virtual_size, granularity,
-                                   enabled=not args.get("disabled", False),
-                                   persistent=persistent)
-        return {}
 
-    def _check_can_store(self, image, name, granularity):
-        where = self.core.devices.display_name(image)
-        if not hasattr(image, "persistent_bitmap_refusal"):
-            raise CommandError("Can't store persistent bitmaps to %s: Operation not supported"
-                               % where)
-        reason = image.persistent_bitmap_refusal(name, granularity)
-        if reason:
-            raise CommandError("Can't make bitmap '%s' persistent in '%s': %s"
-                               % (name, where, reason))
+def _check_can_store(core, image, name, granularity):
+    where = core.devices.display_name(image)
+    if not hasattr(image, "persistent_bitmap_refusal"):
+        raise CommandError("Can't store persistent bitmaps to %s: Operation not supported"
+                           % where)
+    reason = image.persistent_bitmap_refusal(name, granularity)
+    if reason:
+        raise CommandError("Can't make bitmap '%s' persistent in '%s': %s"
+                           % (name, where, reason))
 
-    def remove(self, args):
-        image, bitmap = self.lookup(args["node"], args["name"])
-        bitmap.check(BUSY | READONLY)
-        if bitmap.persistent and hasattr(image, "remove_persistent_bitmap"):
-            image.remove_persistent_bitmap(bitmap.name)
-        image.dirty_bitmaps.release(bitmap)
-        return {}
 
-    def clear(self, args):
-        _image, bitmap = self.lookup(args["node"], args["name"])
-        bitmap.check(CHECK_DEFAULT)
-        bitmap.clear()
-        return {}
+def remove(core, args):
+    image, bitmap = lookup(core, args["node"], args["name"])
+    bitmap.check(BUSY | READONLY)
+    if bitmap.persistent and hasattr(image, "remove_persistent_bitmap"):
+        image.remove_persistent_bitmap(bitmap.name)
+    image.dirty_bitmaps.release(bitmap)
+    return {}
 
-    def enable(self, args):
-        _image, bitmap = self.lookup(args["node"], args["name"])
+
+def clear(core, args):
+    _image, bitmap = lookup(core, args["node"], args["name"])
+    bitmap.check(CHECK_DEFAULT)
+    bitmap.clear()
+    return {}
+
+
+def enable(core, args):
+    _image, bitmap = lookup(core, args["node"], args["name"])
+    bitmap.check(CHECK_ALLOW_RO)
+    bitmap.enabled = True
+    return {}
+
+
+def disable(core, args):
+    _image, bitmap = lookup(core, args["node"], args["name"])
+    bitmap.check(CHECK_ALLOW_RO)
+    bitmap.enabled = False
+    return {}
+
+
+def merge(core, args):
+    """block_dirty_bitmap_merge: sources into an anonymous bitmap first, so a refused
+    source leaves the target unchanged."""
+    image, target = lookup(core, args["node"], args["target"])
+    merged = DirtyBitmap(None, target.size, target.granularity)
+    for index, source in enumerate(args["bitmaps"]):
+        bitmap = _merge_source(core, image, source, index)
         bitmap.check(CHECK_ALLOW_RO)
-        bitmap.enabled = True
-        return {}
+        _check_same_size(target, bitmap)
+        merged.merge_from(bitmap)
+    target.check(CHECK_DEFAULT)
+    target.merge_from(merged)
+    return {}
 
-    def disable(self, args):
-        _image, bitmap = self.lookup(args["node"], args["name"])
-        bitmap.check(CHECK_ALLOW_RO)
-        bitmap.enabled = False
-        return {}
 
-    def merge(self, args):
-        """block_dirty_bitmap_merge: sources into an anonymous bitmap first, so a
-        refused source leaves the target unchanged."""
-        image, target = self.lookup(args["node"], args["target"])
-        merged = DirtyBitmap(None, target.size, target.granularity)
-        for index, source in enumerate(args["bitmaps"]):
-            bitmap = self._merge_source(image, source, index)
-            bitmap.check(CHECK_ALLOW_RO)
-            _check_same_size(target, bitmap)
-            merged.merge_from(bitmap)
-        target.check(CHECK_DEFAULT)
-        target.merge_from(merged)
-        return {}
+def _merge_source(core, image, source, index):
+    member = "bitmaps[%d]" % index
+    if isinstance(source, str):
+        bitmap = image.dirty_bitmaps.find(source)
+        if bitmap is None:
+            raise CommandError("Dirty bitmap '%s' not found" % source)
+        return bitmap
+    if not isinstance(source, dict):
+        raise CommandError("Invalid parameter type for '%s', expected: "
+                           "BlockDirtyBitmapOrStr" % member)
+    for key in ("node", "name"):
+        if key not in source:
+            raise CommandError("Parameter '%s.%s' is missing" % (member, key))
+        if not isinstance(source[key], str):
+            raise CommandError("Invalid parameter type for '%s.%s', expected: string"
+                               % (member, key))
+    extra = sorted(set(source) - {"node", "name"})
+    if extra:
+        raise CommandError("Parameter '%s.%s' is unexpected" % (member, extra[0]))
+    return lookup(core, source["node"], source["name"])[1]
 
-    def _merge_source(self, image, source, index):
-        member = "bitmaps[%d]" % index
-        if isinstance(source, str):
-            bitmap = image.dirty_bitmaps.find(source)
-            if bitmap is None:
-                raise CommandError("Dirty bitmap '%s' not found" % source)
-            return bitmap
-        if not isinstance(source, dict):
-            raise CommandError("Invalid parameter type for '%s', expected: "
-                               "BlockDirtyBitmapOrStr" % member)
-        for key in ("node", "name"):
-            if key not in source:
-                raise CommandError("Parameter '%s.%s' is missing" % (member, key))
-            if not isinstance(source[key], str):
-                raise CommandError("Invalid parameter type for '%s.%s', expected: string"
-                                   % (member, key))
-        extra = sorted(set(source) - {"node", "name"})
-        if extra:
-            raise CommandError("Parameter '%s.%s' is unexpected" % (member, extra[0]))
-        return self.lookup(source["node"], source["name"])[1]
 
-    def query(self, args):
-        """Ours: every node of every device chain with its bitmaps, top first."""
-        out = []
-        for device in self.core.devices.devices():
-            for image in chain_of(device.top):
-                out.append({"device": device.name, "node-name": image.node_name,
-                            "dirty-bitmaps": dirty_bitmaps_info(image)})
-        return out
+def query(core, args):
+    """Ours: every node of every device chain with its bitmaps, top first."""
+    out = []
+    for device in core.devices.devices():
+        for image in chain_of(device.top):
+            out.append({"device": device.name, "node-name": image.node_name,
+                        "dirty-bitmaps": dirty_bitmaps_info(image)})
+    return out
 
 
 def _check_same_size(target, source):
@@ -166,7 +159,7 @@ def _check_same_size(target, source):
 
 
 # -- the console (ours) --------------------------------------------------------------
-def hmp_add(hmp, args):
+def hmp_block_dirty_bitmap_add(hmp, args):
     qmp = {"node": args["device"], "name": args["name"]}
     for flag, member in (("persistent", "persistent"), ("disabled", "disabled")):
         if args.get(flag):
@@ -177,14 +170,18 @@ def hmp_add(hmp, args):
     return ""
 
 
-def hmp_verb(qmp_name):
+def _hmp_verb(qmp_name):
     def adapter(hmp, args):
         hmp.core.execute(qmp_name, {"node": args["device"], "name": args["name"]})
         return ""
     return adapter
 
 
-def hmp_info(hmp, args):
+hmp_block_dirty_bitmap_remove = _hmp_verb("block-dirty-bitmap-remove")
+hmp_block_dirty_bitmap_clear = _hmp_verb("block-dirty-bitmap-clear")
+
+
+def hmp_info_dirty_bitmaps(hmp, args):
     nodes = hmp.core.execute("x-blockmon-query-dirty-bitmaps", {})
     if "device" in args:
         nodes = [n for n in nodes if args["device"] in (n["device"], n["node-name"])]

@@ -19,7 +19,7 @@ import pytest
 
 from conftest import ROOT, connect_when_listening, require_qemu, run
 from oracle import check_clean, info
-from qmp_fakes import QmpEventClient, remove_tree, short_tempdir
+from qmp_clients import QmpEventClient, remove_tree, short_tempdir
 
 from commands.core import BlockCore
 

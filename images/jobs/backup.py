@@ -39,7 +39,9 @@ class BackupJob(BlockJob):
 
     def __init__(self, job_id, events, source, target, sync, *, bitmap=None, bitmaps=None,
                  bitmap_mode="on-success", target_is_fresh=False, on_finished=None,
-                 on_source_error="report", on_target_error="report", **job_options):
+                 on_source_error="report", on_target_error="report", on_error=None,
+                 **job_options):
+        # drive-backup has no on-error: the two policies below replace it
         super().__init__(job_id, events, on_error=on_target_error, **job_options)
         self.on_source_error, self.on_target_error = on_source_error, on_target_error
         self.source, self.target, self.sync = source, target, sync
@@ -49,12 +51,17 @@ class BackupJob(BlockJob):
         self._on_finished = on_finished
         self._copy_lock = threading.Lock()
         self.todo = DirtyBitmap(None, source.virtual_size, self.cluster)
-        with source.lock:
+
+    def start(self):
+        """The point in time: what to copy is fixed, the bitmap frozen and the
+        copy-before-write hook in place at once (under the source's lock)."""
+        with self.source.lock:
             self._plan()
-            if bitmap is not None:
-                bitmaps.freeze(bitmap)
-            source.before_guest_write.append(self.before_write)
+            if self.bitmap is not None:
+                self.bitmaps.freeze(self.bitmap)
+            self.source.before_guest_write.append(self.before_write)
         self.set_len(sum(length for _, length in self.todo.extents()))
+        super().start()
 
     def _plan(self):
         size = self.source.virtual_size
