@@ -6,17 +6,17 @@ before any file is created, and an existing target file is never recreated unles
 ``mode`` is ``existing`` (``-n``).  The target: sync=full/incremental/bitmap gets
 no backing file, sync=top the source's backing file, sync=none the source itself
 (named as the chain names it: relative names stay relative when the target is in
-the same directory).  The job is ``images.jobs.backup.BackupJob``; the device is never
-switched.
+the same directory).  The job is ``images.jobs.backup.BackupJob``, started through
+``commands.block_jobs`` like every block job; the device is never switched.
 """
 import os
 
-from images.jobs.backup import BackupJob
 from images.chain import close_chain, open_image
 from images.dirty_bitmap import CHECK_ALLOW_RO
 from images.driver import FORMATS
-from images.jobs.states import id_wellformed
+from images.jobs.backup import BackupJob
 from images.jobs.blockjob import SPEED_ERROR
+from images.jobs.states import id_wellformed
 from images.qcow2 import Qcow2Image, create_qcow2
 from images.raw import create_raw
 
