@@ -175,6 +175,8 @@ def test_info_alone_and_help_info_list_the_subcommands():
         "disk: '#' data, '0' zero, '.' unallocated, '+' mixed (blockmon)",
         "info merge-cost device [base] -- show the bytes a stream and a commit onto base "
         "(default: the bottom of the chain) would each copy (blockmon)",
+        "info dirty-bitmaps [device] -- show the dirty bitmaps of each node of one block device "
+        "or all block devices (blockmon)",
     ]
 
 
