@@ -15,7 +15,7 @@ from images.job_registry import JobRegistry
 from . import block_info
 from .block_stream import start_stream
 from .devices import DeviceTable
-from .errors import QemuIoFailed
+from .errors import CommandError, QemuIoFailed
 from .hmp import HmpInterpreter
 from .qemu_io import run_qemu_io
 from .qmp_args import validate_arguments
@@ -47,7 +47,7 @@ class BlockCore:
             "block-job-complete": lambda a: self._job(a["device"]).complete(),
             "block-job-finalize": lambda a: self._job(a["id"]).finalize(),
             "block-job-dismiss": lambda a: self._job(a["id"]).dismiss(),
-            "job-dismiss": lambda a: self._job(a["id"]).dismiss(),   # QEMU 3.0's generic twin
+            "job-dismiss": self._job_dismiss,   # QEMU 3.0's generic twin
             "blockdev-snapshot-sync": lambda args: snapshot_sync(self, args),
             "human-monitor-command": self._human_monitor_command,
             "x-blockmon-qemu-io": self._qemu_io,
@@ -90,6 +90,16 @@ class BlockCore:
 
     def _job(self, job_id):
         return self.jobs_registry.find(job_id)
+
+    def _job_dismiss(self, args):
+        """job-qmp.c: the generic job commands find jobs with find_job_locked, whose
+        miss is a GenericError 'Job not found' (block-job-* say DeviceNotActive)."""
+        try:
+            self._job(args["id"]).dismiss()
+        except JobError as err:
+            if err.not_found:
+                raise CommandError("Job not found") from err
+            raise
 
     def wait_jobs(self, job_id=None, timeout=None):
         jobs = [self._job(job_id)] if job_id is not None else self.jobs()
