@@ -1,7 +1,8 @@
 """QMP argument checking against the command table's schemas, with QAPI's texts.
 
 Order follows QEMU's input visitor: members in schema order (missing, wrong type,
-bad enum value), then leftovers (``Parameter 'x' is unexpected``).  Nothing is
+bad enum value), then leftovers (``Parameter 'x' is unexpected``).  A string
+holding a NUL is refused (we do better than QEMU, which would cut it there).  Nothing is
 converted or defaulted; the handler sees the arguments as given.
 """
 from typing import Optional
@@ -64,6 +65,10 @@ def check_value(member: str, type_, value) -> None:
         raise ValueError("unknown schema type %r for %r" % (type_, member))
     if not ok:
         raise _type_error(member, _TYPE_WORDS[type_])
+    if type_ == "str" and "\0" in value:
+        # Names and paths end at a NUL in C: QEMU would act on a prefix of the value
+        # (or store the NUL in an image header).  Refuse it whole instead.
+        raise CommandError("Parameter '%s' must not contain a NUL character" % member)
 
 
 def _type_error(member: str, expected: str) -> CommandError:
