@@ -86,7 +86,7 @@ def _check_drive_values(text: str, values: dict) -> None:
         raise UsageError("-drive %s: unknown format '%s' (qcow2 or raw)" % (text, values["format"]))
     if values.get("readonly", "off") not in ("on", "off"):
         raise UsageError("-drive %s: readonly expects on or off, got '%s'" % (text, values["readonly"]))
-    if "index" in values and not values["index"].isdigit():
+    if "index" in values and not (values["index"].isascii() and values["index"].isdigit()):
         raise UsageError("-drive %s: index expects a number, got '%s'" % (text, values["index"]))
     if values.get("if") == "none" and not values.get("id"):
         raise UsageError("-drive %s: if=none needs id=NAME" % text)
