@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from .errors import ImageError
+from .errors import ImageCorruptError, ImageError
 
 QCOW_MAGIC = b"QFI\xfb"
 
@@ -94,6 +94,11 @@ def compressed_extent(entry: int, cluster_bits: int) -> Tuple[int, int]:
 def image_error(path: str, text: str, value=None) -> ImageError:
     """The one-line refusal every check uses: 'Image PATH: TEXT'."""
     return ImageError("Image %s: %s" % (path, text), path=path, value=value)
+
+
+def corruption(path: str, text: str, value=None) -> ImageCorruptError:
+    """Metadata met while reading that cannot be right: the request fails with EIO."""
+    return ImageCorruptError("Image %s: %s" % (path, text), path=path, value=value)
 
 
 @dataclass
