@@ -33,6 +33,7 @@ class BlockCore:
         self.jobs_registry = JobRegistry()
         self.quit_requested = threading.Event()
         self.closing = False        # set by shutdown(); no job starts afterwards
+        self._shutdown_lock = threading.Lock()
         self._handlers = {
             "qmp_capabilities": lambda args: {},
             "query-version": self._query_version,
@@ -105,9 +106,14 @@ class BlockCore:
         jobs = [self._job(job_id)] if job_id is not None else self.jobs()
         return all(job.wait(timeout) for job in jobs)
 
-    def shutdown(self):
+    def shutdown(self, reason=None):
         """Announce SHUTDOWN, cancel running jobs (images stay valid, backing references
-        unchanged), flush and close every image; returns the ids of the cancelled jobs."""
+        unchanged), flush and close every image; returns the ids of the cancelled jobs.
+        ``reason`` is SHUTDOWN's (a signal: "host-signal"); calls are serialised."""
+        with self._shutdown_lock:
+            return self._shutdown(reason)
+
+    def _shutdown(self, reason):
         with self.devices.graph_lock:
             # Job starts hold the graph lock: none is half done now, and none starts
             # later, so every job is in the list cancelled below.
@@ -115,7 +121,8 @@ class BlockCore:
         if not already_closing:
             # QEMU's event: a quit command is "host-qmp-quit"; the end of the console
             # or of a script is the closest thing QEMU has to closing its window.
-            reason = "host-qmp-quit" if self.quit_requested.is_set() else "host-ui"
+            if reason is None:
+                reason = "host-qmp-quit" if self.quit_requested.is_set() else "host-ui"
             self.events.publish("SHUTDOWN", {"guest": False, "reason": reason})
         cancelled = []
         for job in self.jobs():

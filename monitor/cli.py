@@ -6,10 +6,10 @@
 after its input ends until a ``quit`` arrives from any monitor.
 """
 import sys
-import threading
 from typing import List, Optional
 
 from monitor.drive_options import USAGE, UsageError, parse_command_line
+from monitor.lifecycle import QuitSignal, StdinLines, terminate_on_signals
 
 PROGRAM = "blockmon"
 
@@ -64,7 +64,12 @@ def run_session(core, options, demo, quit_signal: "QuitSignal", serving: bool) -
     if options.commands or not sys.stdin.isatty():
         session = ScriptSession(core, sys.stdout, sys.stderr, echo=not options.quiet and not options.commands,
                                 err_is_tty=sys.stderr.isatty())
-        lines = options.commands if options.commands else sys.stdin
+        lines = options.commands
+        if not lines:
+            # Read in a thread: a quit (or a signal) ends the session even while the
+            # input is an open pipe that sends nothing.
+            lines = StdinLines(sys.stdin.fileno())
+            quit_signal.hooks.append(lines.stop)
         ok = session.run_commands(lines, stop=quit_signal.event)
         if serving and not session.quit_requested and not options.commands:
             quit_signal.event.wait()
@@ -79,19 +84,6 @@ def run_session(core, options, demo, quit_signal: "QuitSignal", serving: bool) -
     quit_signal.hooks.append(repl.request_exit)
     repl.run()
     return 0
-
-
-class QuitSignal:
-    """A ``quit`` from any monitor server: sets ``event`` and calls the hooks (the REPL's exit)."""
-
-    def __init__(self):
-        self.event = threading.Event()
-        self.hooks = []
-
-    def __call__(self):
-        self.event.set()
-        for hook in list(self.hooks):
-            hook()
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -123,6 +115,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         core.shutdown()
         return _fail(error, 1)
     quit_signal = QuitSignal()
+    interactive = not (options.walkthrough or options.commands or not sys.stdin.isatty())
+    terminate_on_signals(core, quit_signal, interactive)
     servers = None
     if options.qmp_specs or options.monitor_specs:
         # Imported only when asked for: asyncio alone is a good part of `-c quit`'s start-up.

@@ -30,14 +30,16 @@ def small_chain(directory, size_mib=4, base_data_mib=4, base_format="qcow2"):
 
 
 class Blockmon:
-    """One blockmon process serving QMP on a unix socket."""
+    """One blockmon process serving QMP (and with ``monitor``, HMP) on unix sockets."""
 
-    def __init__(self, arguments, stdin=subprocess.PIPE, extra=()):
+    def __init__(self, arguments, stdin=subprocess.PIPE, monitor=False):
         self.directory = short_tempdir()
         self.qmp_path = os.path.join(self.directory, "qmp.sock")
         self.hmp_path = os.path.join(self.directory, "hmp.sock")
         argv = [sys.executable, "-m", "monitor", *arguments,
-                "-qmp", "unix:%s,server=on,wait=off" % self.qmp_path, *extra]
+                "-qmp", "unix:%s,server=on,wait=off" % self.qmp_path]
+        if monitor:
+            argv += ["-monitor", "unix:%s,server=on,wait=off" % self.hmp_path]
         self.proc = subprocess.Popen(argv, cwd=ROOT, stdin=stdin, stdout=subprocess.PIPE,
                                      stderr=subprocess.PIPE)
 
