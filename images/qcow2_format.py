@@ -128,7 +128,7 @@ class Qcow2Header:
     def backing_format(self) -> Optional[str]:
         for ext_type, data in self.extensions:
             if ext_type == QCOW2_EXT_MAGIC_BACKING_FORMAT:
-                return data.decode("utf-8", "replace")
+                return _c_string(data).decode("utf-8", "replace")
         return None
 
     def with_backing(self, name: Optional[str], fmt: Optional[str]) -> "Qcow2Header":
@@ -268,7 +268,12 @@ def _parse_backing_name(buf: bytes, f: dict, path: str) -> Optional[str]:
     if offset + size > len(buf):
         raise image_error(path, "backing file name at %#x (%d bytes) lies outside the "
                           "header cluster" % (offset, size), offset)
-    return bytes(buf[offset:offset + size]).decode("utf-8", "surrogateescape")
+    # QEMU keeps the name as a C string: it ends at the first NUL of the stored bytes.
+    return _c_string(buf[offset:offset + size]).decode("utf-8", "surrogateescape")
+
+
+def _c_string(data) -> bytes:
+    return bytes(data).split(b"\0", 1)[0]
 
 
 def _check_extensions(header: Qcow2Header, path: str) -> None:
