@@ -52,6 +52,13 @@ QCOW2_INCOMPAT_COMPRESSION = 1 << 3
 QCOW2_INCOMPAT_EXTL2 = 1 << 4
 QCOW2_INCOMPAT_MASK = 0x1F
 QCOW2_COMPAT_LAZY_REFCOUNTS = 1 << 0
+QCOW2_AUTOCLEAR_BITMAPS = 1 << 0
+BITMAPS_EXT = struct.Struct(">IIQQ")     # nb_bitmaps, reserved32, directory size, offset
+QCOW2_MAX_BITMAPS = 65535
+QCOW2_MAX_BITMAP_DIRECTORY_SIZE = 67107840
+BACKING_FORMAT_BUFFER = 16              # sizeof(bs->backing_format)
+QCOW_SNAPSHOT_HEADER_SIZE = 40          # sizeof(QCowSnapshotHeader)
+INT64_MAX = (1 << 63) - 1
 QCOW2_COMPRESSION_TYPE_ZLIB = 0
 QCOW2_COMPRESSION_TYPE_ZSTD = 1
 
@@ -94,6 +101,11 @@ def compressed_extent(entry: int, cluster_bits: int) -> Tuple[int, int]:
 def image_error(path: str, text: str, value=None) -> ImageError:
     """The one-line refusal every check uses: 'Image PATH: TEXT'."""
     return ImageError("Image %s: %s" % (path, text), path=path, value=value)
+
+
+def qemu_refusal(path: str, text: str, value=None) -> ImageError:
+    """A refusal QEMU 7.2's qcow2_do_open has, in its words: 'Could not open PATH: TEXT'."""
+    return ImageError("Could not open '%s': %s" % (path, text), path=path, value=value)
 
 
 def corruption(path: str, text: str, value=None) -> ImageCorruptError:
@@ -202,8 +214,6 @@ def _check_features(f: dict, path: str) -> None:
     if bool(ctype) != bool(incompat & QCOW2_INCOMPAT_COMPRESSION):
         raise image_error(path, "compression type %d disagrees with the incompatible "
                           "feature bits %#x" % (ctype, incompat), ctype)
-    if f["nb_snapshots"] > QCOW_MAX_SNAPSHOTS:
-        raise image_error(path, "too many snapshots (%d)" % f["nb_snapshots"], f["nb_snapshots"])
 
 
 def _check_table(path: str, what: str, offset: int, nbytes: int, csize: int,
@@ -236,24 +246,41 @@ def _check_tables(f: dict, path: str, file_size: int) -> None:
         raise image_error(path, "refcount table of %d clusters out of range"
                           % f["refcount_table_clusters"], f["refcount_table_clusters"])
     _check_table(path, "refcount table", f["refcount_table_offset"], rt_bytes, csize, file_size)
+    _validate_table(path, "Snapshot table", f["snapshots_offset"], f["nb_snapshots"],
+                    QCOW_SNAPSHOT_HEADER_SIZE, QCOW_MAX_SNAPSHOTS, csize)
     if f["nb_snapshots"]:
         _check_table(path, "snapshot table", f["snapshots_offset"], 1, csize, file_size)
 
 
+def _validate_table(path, name, offset, entries, entry_len, max_entries, csize):
+    """qcow2_validate_table: QEMU checks a table's offset even when it has no entries."""
+    if entries > max_entries:
+        raise qemu_refusal(path, "%s too large" % name, entries)
+    if INT64_MAX - entries * entry_len < offset or offset % csize:
+        raise qemu_refusal(path, "%s offset invalid" % name, offset)
+
+
 def _parse_extensions(buf: bytes, f: dict, path: str) -> List[Tuple[int, bytes]]:
-    pos = f["header_length"]
-    end = f["backing_file_offset"] or len(buf)
-    end = min(end, len(buf))
+    """qcow2_read_extensions: from the header's end to the backing name (or the end of
+    the cluster); bytes past the end of the file read as zeros, i.e. as the end marker."""
+    csize = 1 << f["cluster_bits"]
+    if f["backing_file_offset"] > csize:
+        raise qemu_refusal(path, "Invalid backing file offset", f["backing_file_offset"])
+    pos, end = f["header_length"], f["backing_file_offset"] or csize
     exts = []
-    while pos + EXT_HEADER.size <= end:
+    while pos < end:
+        if pos + EXT_HEADER.size > len(buf):
+            break
         ext_type, length = EXT_HEADER.unpack_from(buf, pos)
         pos += EXT_HEADER.size
+        if pos > end or length > end - pos:
+            raise qemu_refusal(path, "Header extension too large", length)
         if ext_type == QCOW2_EXT_MAGIC_END:
             return exts
-        if length > end - pos:
-            raise image_error(path, "header extension %#x of %d bytes runs past the header "
-                              "area" % (ext_type, length), length)
-        exts.append((ext_type, bytes(buf[pos:pos + length])))
+        if ext_type == QCOW2_EXT_MAGIC_BACKING_FORMAT and length >= BACKING_FORMAT_BUFFER:
+            raise qemu_refusal(path, "ERROR: ext_backing_format: len=%d too large (>=%d)"
+                               % (length, BACKING_FORMAT_BUFFER), length)
+        exts.append((ext_type, bytes(buf[pos:pos + length]).ljust(length, b"\0")))
         pos += (length + 7) & ~7
     return exts     # like QEMU, the area may end without an end marker
 
@@ -276,8 +303,33 @@ def _c_string(data) -> bytes:
     return bytes(data).split(b"\0", 1)[0]
 
 
+def _check_bitmaps(data: bytes, autoclear: int, csize: int, path: str) -> None:
+    """The bitmaps extension as qcow2_read_extensions checks it (only when the autoclear
+    bit says the bitmaps are valid; otherwise QEMU warns and drops them)."""
+    if len(data) != BITMAPS_EXT.size:
+        raise qemu_refusal(path, "bitmaps_ext: Invalid extension length", len(data))
+    if not autoclear & QCOW2_AUTOCLEAR_BITMAPS:
+        return
+    count, reserved, directory_size, directory_offset = BITMAPS_EXT.unpack(data)
+    if reserved:
+        raise qemu_refusal(path, "bitmaps_ext: Reserved field is not zero", reserved)
+    if count > QCOW2_MAX_BITMAPS:
+        raise qemu_refusal(path, "bitmaps_ext: Image has %d bitmaps, exceeding the QEMU "
+                           "supported maximum of %d" % (count, QCOW2_MAX_BITMAPS), count)
+    if count == 0:
+        raise qemu_refusal(path, "found bitmaps extension with zero bitmaps", count)
+    if directory_offset % csize:
+        raise qemu_refusal(path, "bitmaps_ext: invalid bitmap directory offset", directory_offset)
+    if directory_size > QCOW2_MAX_BITMAP_DIRECTORY_SIZE:
+        raise qemu_refusal(path, "bitmaps_ext: bitmap directory size (%d) exceeds the maximum "
+                           "supported size (%d)" % (directory_size, QCOW2_MAX_BITMAP_DIRECTORY_SIZE),
+                           directory_size)
+
+
 def _check_extensions(header: Qcow2Header, path: str) -> None:
     for ext_type, data in header.extensions:
+        if ext_type == QCOW2_EXT_MAGIC_BITMAPS:
+            _check_bitmaps(data, header.autoclear_features, header.cluster_size, path)
         if ext_type == QCOW2_EXT_MAGIC_CRYPTO_HEADER:
             raise image_error(path, "encrypted images are not supported", ext_type)
         if ext_type == QCOW2_EXT_MAGIC_DATA_FILE:
