@@ -59,7 +59,8 @@ class Job:
         self.events = events
         self.status = "undefined"
         self.len = 0
-        self.offset = 0
+        self.offset = 0             # progress as QEMU counts it: skipped ranges included
+        self.copied = 0             # bytes the job really copied (what the speed limits)
         self.speed = speed          # validated when the job is created (see create)
         self.on_error = on_error
         self.io_status = "ok"
@@ -375,9 +376,10 @@ class Job:
         self._transition(resumed_status)
 
     def account_copied(self, nbytes):
-        """Charge copied bytes to the rate limiter (skipped ranges are free)."""
+        """Charge copied bytes to the rate limiter (skipped ranges are free) and count them."""
         with self._lock:
             self._limiter.account(nbytes)
+            self.copied += nbytes
 
     def progress(self, nbytes):
         with self._lock:

@@ -63,7 +63,7 @@ class JobWaiter:
         from rich.live import Live
         from rich.text import Text
 
-        from monitor.progress import ThroughputMeter, waiting_view
+        from monitor.progress import ThroughputMeter, waiting_view, with_copied
         console = Console(file=self._stream, force_terminal=True)
         meter = ThroughputMeter()
         infos = _waited_jobs(self._core, job_id)
@@ -72,13 +72,12 @@ class JobWaiter:
         # Three cells spare: the terminal echoes "^C" after the last line; had that line
         # wrapped, the transient Live would erase one line too few and leave one behind.
         width = lambda: console.width - 3
-        with Live(waiting_view(infos, meter, job_id, width()), console=console,
-                  transient=True, auto_refresh=False) as live:
+        view = lambda now: waiting_view(with_copied(self._core, now), meter, job_id, width())
+        with Live(view(infos), console=console, transient=True, auto_refresh=False) as live:
             previous = (self._events.swap_sink(lambda line: live.console.print(Text.from_ansi(line)))
                         if self._events else None)
             try:
-                return self._poll(job_id, lambda now: live.update(
-                    waiting_view(now, meter, job_id, width()), refresh=True))
+                return self._poll(job_id, lambda now: live.update(view(now), refresh=True))
             finally:
                 if self._events:
                     self._events.swap_sink(previous)
