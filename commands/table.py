@@ -52,8 +52,8 @@ INFO_COMMANDS: Tuple[HmpCommand, ...] = (
     HmpCommand("block-jobs", "", "", "show progress of ongoing block device operations",
                qmp="query-block-jobs"),
     HmpCommand("blockmap", "device:B?", "[device]",
-               "show which image of the backing chain holds each part of the disk: "
-               "'#' data, '0' zero, '.' unallocated, '+' mixed (blockmon)",
+               "show which image of the backing chain holds each part of the disk, "
+               "shaded by how much of it (blockmon)",
                qmp="x-blockmon-block-map", ours=True),
 )
 
