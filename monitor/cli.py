@@ -116,7 +116,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         return _fail(error, 1)
     quit_signal = QuitSignal()
     interactive = not (options.walkthrough or options.commands or not sys.stdin.isatty())
-    terminate_on_signals(core, quit_signal, interactive)
+    restore_signals = terminate_on_signals(core, quit_signal, interactive)
+    try:
+        return _serve_and_run(core, options, demo, quit_signal)
+    finally:
+        restore_signals()
+
+
+def _serve_and_run(core, options, demo, quit_signal) -> int:
     servers = None
     if options.qmp_specs or options.monitor_specs:
         # Imported only when asked for: asyncio alone is a good part of `-c quit`'s start-up.

@@ -75,8 +75,9 @@ class StdinLines:
             yield line
 
 
-def terminate_on_signals(core, quit_signal: QuitSignal, interactive: bool) -> None:
-    """Install the handlers.  The console keeps SIGINT (Ctrl-C edits the line there)."""
+def terminate_on_signals(core, quit_signal: QuitSignal, interactive: bool):
+    """Install the handlers; returns a function that puts the previous ones back.  The
+    console keeps SIGINT (Ctrl-C edits the line there)."""
     signals = [signal.SIGTERM, signal.SIGHUP] + ([] if interactive else [signal.SIGINT])
     started = threading.Event()
 
@@ -89,8 +90,12 @@ def terminate_on_signals(core, quit_signal: QuitSignal, interactive: bool) -> No
         threading.Thread(target=_terminate, args=(core, quit_signal, signum),
                          name="terminate", daemon=True).start()
 
-    for signum in signals:
-        signal.signal(signum, handler)
+    previous = {signum: signal.signal(signum, handler) for signum in signals}
+
+    def restore():
+        for signum, old_handler in previous.items():
+            signal.signal(signum, old_handler)
+    return restore
 
 
 def _terminate(core, quit_signal: QuitSignal, signum: int) -> None:
