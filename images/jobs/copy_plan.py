@@ -1,17 +1,13 @@
-"""The stream's fast path: kernel-side copy of a batch of clusters into a qcow2 top.
+"""The format-free copy planner of the block jobs (the stream's fast path, later mirror's).
 
 A batch is planned once from the chain's extents (``chain.extents_above``): every
 top cluster wholly covered by plain data extents (host offset known, in a layer
-whose file can be read directly) is copied with ``os.copy_file_range`` into one
-contiguous host run reserved for the whole batch; the bytes never pass through
-Python.  Everything else (partial clusters at the edges of a run, compressed
-clusters, zero and unallocated ranges, wrapped images such as the fault injector)
-is handed back to the caller for the normal write path, which copies-on-write.
-
-Disk order is the write path's (qcow2_writer): data, then the refcounts of the
-new run (one pwrite per refcount block), then each touched L2 table's changed
-slice once, then L1 for new tables.  A kill at any instant leaves at worst leaked
-clusters, never an entry without a refcount, and the guest content unchanged.
+whose file can be read directly: ``BlockImage.data_fd``) becomes a ``Piece`` for
+the top's ``copy_batch`` (for qcow2: ``images/qcow2/batch``, a kernel-side copy
+into one new host run).  Everything else (partial clusters at the edges of a run,
+compressed clusters, zero and unallocated ranges, wrapped images such as the fault
+injector) is handed back to the caller for the normal write path, which
+copies-on-write.
 
 ``Writeback`` starts the kernel writing copied ranges back while the copy goes on
 (``sync_file_range(SYNC_FILE_RANGE_WRITE)``), so the fsync that must precede the
@@ -20,45 +16,26 @@ comes from that fsync.
 """
 import ctypes
 import ctypes.util
-import errno
-import os
-from typing import List, NamedTuple, Optional, Tuple
+from typing import List, Optional, Tuple
 
-from .chain import extents_above
-from .driver import DATA, UNALLOCATED, ZERO, Run
-from .errors import ImageIOError
-from .qcow2 import Qcow2Image
-from .qcow2_format import QCOW_OFLAG_COPIED
-from .raw import RawImage
+from ..chain import extents_above
+from ..driver import DATA, UNALLOCATED, ZERO, Piece, Run
 
 SYNC_FILE_RANGE_WRITE = 2
-MAX_COPY_CALL = 1 << 30      # one copy_file_range request; the kernel may do less
 SCAN_BUDGET = 0.002          # seconds one planning pass may hold the top's lock
 MAX_WINDOW = 1 << 50
-
-
-class Piece(NamedTuple):
-    """Bytes [guest, guest+length) of the top come from ``fd`` at ``source``."""
-    guest: int
-    length: int
-    fd: int
-    source: int
-    depth: int          # of the layer below the top that holds it (for the edges)
 
 
 def source_fd(image) -> Optional[int]:
     """The file descriptor whose bytes at a DATA extent's host offset are the data, or
     None when the image must be read through its own ``read`` (wrappers, other formats)."""
-    if type(image) is Qcow2Image and image.io is not None:
-        return image.io.fd
-    if type(image) is RawImage:
-        return image.fd
-    return None
+    return image.data_fd()
 
 
 def fast_path_top(image) -> bool:
-    """Only a plain, writable qcow2 top takes the fast path (a wrapper keeps its hooks)."""
-    return type(image) is Qcow2Image and image.io is not None and not image.read_only
+    """Only a plain, writable top that takes batch copies (qcow2; a wrapper keeps its
+    hooks) takes the fast path."""
+    return image.takes_batch_copy()
 
 
 def work_extents(top, base, offset: int, length: int) -> List[Run]:
@@ -153,90 +130,6 @@ def _place(span: List[Piece], cluster_size: int, fast: List[Piece], rest: List[R
         for c, d in ((piece.guest, min(p_end, lo)), (max(piece.guest, hi, lo), p_end)):
             if c < d:   # an edge: partial top cluster (the normal path reads it anew)
                 rest.append(Run(DATA, c, d - c, None, piece.depth))
-
-
-def copy_batch(top: Qcow2Image, pieces: List[Piece]) -> Tuple[int, int]:
-    """Copy the pieces (sorted, whole top clusters, unallocated in the top) into one new
-    host run; returns (host_offset, length) of the run.  Caller holds ``top.lock``."""
-    if not pieces:
-        return 0, 0
-    top._check_writable()  # pylint: disable=protected-access
-    _check_tables(top, pieces)
-    csize = top.cluster_size
-    total = sum(p.length for p in pieces)
-    host = top.refcounts.reserve(total // csize)
-    dest = host
-    for fd, source, length in _coalesced(pieces):
-        _copy(fd, top.io.fd, source, dest, length, top.path)
-        dest += length
-    top.refcounts.update(host, total, +1)
-    _install_entries(top, pieces, host)
-    return host, total
-
-
-def _check_tables(top: Qcow2Image, pieces: List[Piece]) -> None:
-    """Refuse, before anything is copied, a batch whose L2 tables (taken from L1) lie
-    on other metadata: one check per L2 table touched, none per cluster.  The new run
-    itself comes from the allocator, past all live metadata."""
-    shift = top.map.cluster_bits * 2 - 3          # guest bytes per L2 table, as a shift
-    last = -1
-    for p in pieces:
-        for l1_index in range(max(p.guest >> shift, last + 1),
-                              ((p.guest + p.length - 1) >> shift) + 1):
-            top._check_l2_target(l1_index, max(p.guest, l1_index << shift))  # pylint: disable=protected-access
-            last = l1_index
-
-
-def _coalesced(pieces: List[Piece]):
-    """(fd, source, length) with pieces merged where the source is contiguous too."""
-    cur = None
-    for p in pieces:
-        if cur and cur[0] == p.fd and cur[1] + cur[2] == p.source:
-            cur[2] += p.length
-        else:
-            if cur:
-                yield tuple(cur)
-            cur = [p.fd, p.source, p.length]
-    if cur:
-        yield tuple(cur)
-
-
-def _copy(src: int, dst: int, source: int, dest: int, length: int, path: str) -> None:
-    """copy_file_range until done; past the source's end the data reads as zeros."""
-    try:
-        while length > 0:
-            done = os.copy_file_range(src, dst, min(length, MAX_COPY_CALL), source, dest)
-            if done == 0:
-                os.pwrite(dst, bytes(length), dest)   # short source: zeros, as read() pads
-                return
-            source, dest, length = source + done, dest + done, length - done
-    except OSError as err:
-        raise ImageIOError("%s: write failed: %s" % (path, err.strerror),
-                           errno=err.errno or errno.EIO, operation="write") from err
-
-
-def _install_entries(top: Qcow2Image, pieces: List[Piece], host: int) -> None:
-    """Point the top's L2 entries at the new run: one slice per L2 table."""
-    bits = top.map.cluster_bits
-    l2_bits = bits - 3
-    tables = {}
-    dest = host
-    for p in pieces:
-        for n in range(p.length >> bits):
-            cluster = (p.guest >> bits) + n
-            tables.setdefault(cluster >> l2_bits, []).append((cluster & ((1 << l2_bits) - 1),
-                                                              dest + (n << bits)))
-        dest += p.length
-    for l1_index, slots in tables.items():
-        first, last = slots[0][0], slots[-1][0]
-        values = list(top.map.entries(l1_index, first, last - first + 1))
-        for index, value in slots:
-            if values[index - first]:
-                raise ImageIOError("%s: cluster %d was allocated during the copy"
-                                   % (top.path, (l1_index << l2_bits) + index),
-                                   errno=errno.EIO, operation="write")
-            values[index - first] = value | QCOW_OFLAG_COPIED
-        top._install(l1_index, first, values)  # pylint: disable=protected-access
 
 
 class Writeback:
