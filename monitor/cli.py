@@ -69,7 +69,7 @@ def run_session(core, options, demo, quit_signal: "QuitSignal", serving: bool) -
             # Read in a thread: a quit (or a signal) ends the session even while the
             # input is an open pipe that sends nothing.
             lines = StdinLines(sys.stdin.fileno())
-            quit_signal.hooks.append(lines.stop)
+            quit_signal.add_hook(lines.stop)
         ok = session.run_commands(lines, stop=quit_signal.event)
         if serving and not session.quit_requested and not options.commands:
             quit_signal.event.wait()
@@ -81,7 +81,7 @@ def run_session(core, options, demo, quit_signal: "QuitSignal", serving: bool) -
     if demo is not None:
         print("\n".join(demo.summary()))
     repl = Repl(core)
-    quit_signal.hooks.append(repl.request_exit)
+    quit_signal.add_hook(repl.request_exit)
     repl.run()
     return 0
 

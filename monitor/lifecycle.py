@@ -25,10 +25,22 @@ class QuitSignal:
     def __init__(self):
         self.event = threading.Event()
         self.hooks = []
+        self._lock = threading.Lock()
 
     def __call__(self):
-        self.event.set()
-        for hook in list(self.hooks):
+        with self._lock:
+            self.event.set()
+            hooks = list(self.hooks)
+        for hook in hooks:
+            hook()
+
+    def add_hook(self, hook):
+        """Call ``hook`` on quit; at once if the quit came already (a QMP ``quit`` may
+        arrive while the session is still being set up)."""
+        with self._lock:
+            self.hooks.append(hook)
+            already = self.event.is_set()
+        if already:
             hook()
 
 

@@ -19,6 +19,12 @@ def _waited_jobs(core, job_id: Optional[str]) -> List[dict]:
     return [info for info in infos if job_id is None or info.get("device") == job_id]
 
 
+def _quitting(core) -> bool:
+    """Whether a ``quit`` came from some monitor (an Event in the core, a flag in fakes)."""
+    flag = getattr(core, "quit_requested", False)
+    return flag.is_set() if hasattr(flag, "is_set") else bool(flag)
+
+
 def _all_paused(infos: List[dict]) -> bool:
     return all(info.get("paused") or info.get("status") in ("paused", "standby") for info in infos)
 
@@ -49,8 +55,8 @@ class JobWaiter:
     def _poll(self, job_id, draw) -> str:
         while True:
             infos = _waited_jobs(self._core, job_id)
-            if not infos:
-                return ""
+            if not infos or _quitting(self._core):
+                return ""       # a quit from a monitor server: leaving cancels the jobs
             draw(infos)
             if _all_paused(infos):
                 return "not waiting: %s paused (block_job_resume to go on)\n" % ", ".join(

@@ -91,6 +91,29 @@ def test_monitor_quit_ends_blockmon_while_stdin_stays_open(chain):
     assert_cancelled_cleanly(client, top, base, before, "host-qmp-quit")
 
 
+def test_qmp_quit_ends_a_command_line_session_waiting_for_its_job(chain):
+    top, base = chain
+    before = fingerprints([base])
+    process = Blockmon([top, "-c", "block_stream virtio0 1M"], stdin=subprocess.DEVNULL)
+    try:
+        client = process.qmp()
+        while client.cmd("query-block-jobs") == {"return": []}:   # -c runs as blockmon starts
+            time.sleep(0.05)
+        assert client.cmd("quit") == {"return": {}}
+        read_until_closed(client)
+        status, _, err = process.wait()
+    finally:
+        process.close()
+    assert status == 0, err
+    # the job started before the client connected: its first events went by unheard
+    assert statuses(client.events) == ["SHUTDOWN", "aborting", "BLOCK_JOB_CANCELLED", "concluded",
+                                       "null"]
+    assert client.events[0]["data"] == {"guest": False, "reason": "host-qmp-quit"}
+    assert info(top)["backing-filename"] == "base.qcow2"
+    assert check_clean(top)[0]
+    assert fingerprints([base]) == before
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_a_signal_ends_blockmon_as_qemu(chain, signum):
     top, base = chain
