@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 
-from qmp_fakes import QmpEventClient, remove_tree, short_tempdir
+from qmp_clients import QmpEventClient, remove_tree, short_tempdir
 from tests.conftest import ROOT, connect_when_listening
 
 MiB = 1 << 20

@@ -11,7 +11,7 @@ import time
 import pytest
 
 from blockmon_process import LONG, Blockmon, small_chain
-from qmp_fakes import LineClient
+from qmp_clients import LineClient
 from tests.conftest import ROOT, connect_when_listening
 from tests.oracle import check_clean, fingerprints, info
 
