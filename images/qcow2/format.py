@@ -52,10 +52,6 @@ QCOW2_INCOMPAT_COMPRESSION = 1 << 3
 QCOW2_INCOMPAT_EXTL2 = 1 << 4
 QCOW2_INCOMPAT_MASK = 0x1F
 QCOW2_COMPAT_LAZY_REFCOUNTS = 1 << 0
-QCOW2_AUTOCLEAR_BITMAPS = 1 << 0
-BITMAPS_EXT = struct.Struct(">IIQQ")     # nb_bitmaps, reserved32, directory size, offset
-QCOW2_MAX_BITMAPS = 65535
-QCOW2_MAX_BITMAP_DIRECTORY_SIZE = 67107840
 BACKING_FORMAT_BUFFER = 16              # sizeof(bs->backing_format)
 QCOW_SNAPSHOT_HEADER_SIZE = 40          # sizeof(QCowSnapshotHeader)
 INT64_MAX = (1 << 63) - 1
@@ -303,33 +299,8 @@ def _c_string(data) -> bytes:
     return bytes(data).split(b"\0", 1)[0]
 
 
-def _check_bitmaps(data: bytes, autoclear: int, csize: int, path: str) -> None:
-    """The bitmaps extension as qcow2_read_extensions checks it (only when the autoclear
-    bit says the bitmaps are valid; otherwise QEMU warns and drops them)."""
-    if len(data) != BITMAPS_EXT.size:
-        raise qemu_refusal(path, "bitmaps_ext: Invalid extension length", len(data))
-    if not autoclear & QCOW2_AUTOCLEAR_BITMAPS:
-        return
-    count, reserved, directory_size, directory_offset = BITMAPS_EXT.unpack(data)
-    if reserved:
-        raise qemu_refusal(path, "bitmaps_ext: Reserved field is not zero", reserved)
-    if count > QCOW2_MAX_BITMAPS:
-        raise qemu_refusal(path, "bitmaps_ext: Image has %d bitmaps, exceeding the QEMU "
-                           "supported maximum of %d" % (count, QCOW2_MAX_BITMAPS), count)
-    if count == 0:
-        raise qemu_refusal(path, "found bitmaps extension with zero bitmaps", count)
-    if directory_offset % csize:
-        raise qemu_refusal(path, "bitmaps_ext: invalid bitmap directory offset", directory_offset)
-    if directory_size > QCOW2_MAX_BITMAP_DIRECTORY_SIZE:
-        raise qemu_refusal(path, "bitmaps_ext: bitmap directory size (%d) exceeds the maximum "
-                           "supported size (%d)" % (directory_size, QCOW2_MAX_BITMAP_DIRECTORY_SIZE),
-                           directory_size)
-
-
 def _check_extensions(header: Qcow2Header, path: str) -> None:
     for ext_type, data in header.extensions:
-        if ext_type == QCOW2_EXT_MAGIC_BITMAPS:
-            _check_bitmaps(data, header.autoclear_features, header.cluster_size, path)
         if ext_type == QCOW2_EXT_MAGIC_CRYPTO_HEADER:
             raise image_error(path, "encrypted images are not supported", ext_type)
         if ext_type == QCOW2_EXT_MAGIC_DATA_FILE:
