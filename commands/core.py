@@ -13,9 +13,11 @@ from images.events import EventBus
 from images.job_registry import JobRegistry
 
 from . import block_info
+from .block_backend import BlockBackend
 from .block_stream import start_stream
 from .devices import DeviceTable
-from .errors import QemuIoFailed
+from .errors import CommandError, QemuIoFailed
+from .exports import ExportTable
 from .hmp import HmpInterpreter
 from .qemu_io import run_qemu_io
 from .qmp_args import validate_arguments
@@ -27,9 +29,11 @@ PACKAGE = "blockmon 0.1.0"
 
 
 class BlockCore:
-    def __init__(self, events=None):
+    def __init__(self, events=None, nbd_server_factory=None):
         self.events = events or EventBus()
         self.devices = DeviceTable()
+        # The monitor provides the NBD server (sockets live there); see commands.exports.
+        self.exports = ExportTable(self, nbd_server_factory)
         self.jobs_registry = JobRegistry()
         self.quit_requested = threading.Event()
         self.closing = False        # set by shutdown(); no job starts afterwards
@@ -53,6 +57,15 @@ class BlockCore:
             "x-blockmon-qemu-io": self._qemu_io,
             "x-blockmon-block-map": self._block_map,
             "quit": self._quit,
+            "query-blockstats": self._query_blockstats,
+            "nbd-server-start": self._nbd_server_start,
+            "nbd-server-stop": self.exports.stop_server,
+            "nbd-server-add": self.exports.nbd_server_add,
+            "nbd-server-remove": self.exports.nbd_server_remove,
+            "block-export-add": self._block_export_add,
+            "block-export-del": self.exports.block_export_del,
+            "query-block-exports": self.exports.query,
+            "x-blockmon-query-exports": self.exports.query_details,
         }
 
     # -- the entry point --------------------------------------------------------
@@ -77,6 +90,13 @@ class BlockCore:
 
     def node_names(self):
         return self.devices.node_names()
+
+    def backend(self, name):
+        """The guest I/O path of a device (following its top) or of a node."""
+        device = self.devices.device(name)
+        if device is not None:
+            return BlockBackend(device=device)
+        return BlockBackend(image=self.active_image(name))
 
     def active_image(self, name):
         return self.devices.lookup(name, name)
@@ -117,6 +137,7 @@ class BlockCore:
                     pass
         for job in self.jobs():
             job.wait(timeout=30)
+        self.exports.shutdown()     # clients go before the images close under them
         for image in self.devices.all_images():
             if not image.read_only:
                 image.flush()
@@ -137,6 +158,20 @@ class BlockCore:
     def _query_block_jobs(self, args):
         return [job.info() for job in self.jobs()]
 
+    def _query_blockstats(self, args):
+        return [{"device": dev.name, "node-name": dev.top.node_name, "stats": dev.stats.snapshot()}
+                for dev in self.devices.devices()]
+
+    def _nbd_server_start(self, args):
+        if "tls-creds" in args or "tls-authz" in args:
+            raise CommandError("TLS is not supported by blockmon's NBD server")
+        return self.exports.start_server(args)
+
+    def _block_export_add(self, args):
+        if "iothread" in args:
+            raise CommandError("blockmon has no iothreads")
+        return self.exports.block_export_add(args)
+
     def _block_map(self, args):
         return block_info.block_map(self.active_image(args["device"]))
 
@@ -146,12 +181,7 @@ class BlockCore:
         return result.output.replace("\r\n", "\n").replace("\n", "\r\n")
 
     def _qemu_io(self, args):
-        device = self.devices.device(args["device"])
-        if device is None:  # a node name: no device switch can race with it
-            output, ok = run_qemu_io(self.active_image(args["device"]), args["command"])
-        else:
-            with device.io_lock:
-                output, ok = run_qemu_io(device.top, args["command"])
+        output, ok = run_qemu_io(self.backend(args["device"]), args["command"])
         if not ok:
             raise QemuIoFailed(output)
         return output

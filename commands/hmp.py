@@ -14,7 +14,7 @@ from typing import Callable, Dict, Optional
 
 from images.errors import BlockError
 
-from . import hmp_info
+from . import hmp_exports, hmp_info
 from .args import _SPACE, ParseError, parse_arguments
 from .errors import CommandError, QemuIoFailed, qmp_error
 from .table import find_command
@@ -76,7 +76,9 @@ class HmpInterpreter:
         except QemuIoFailed as err:
             return HmpResult(err.text, False)
         except (CommandError, BlockError) as err:
-            return HmpResult("Error: %s\n" % qmp_error(err)["desc"], False)
+            hint = getattr(err, "hint", None)
+            return HmpResult("Error: %s\n%s" % (qmp_error(err)["desc"], hint + "\n" if hint else ""),
+                             False)
 
     # -- console-bound defaults (the monitor overrides them) ---------------------------
     def _wait(self, args: dict) -> str:
@@ -177,6 +179,7 @@ _ADAPTERS = {
     "block_job_resume": _job_verb("block-job-resume"),
     "snapshot_blkdev": _snapshot_blkdev,
     "qemu-io": _qemu_io,
+    **hmp_exports.ADAPTERS,
 }
 
 _INFO_ADAPTERS = {
@@ -185,6 +188,7 @@ _INFO_ADAPTERS = {
     "block-jobs": lambda hmp, args: hmp_info.format_block_jobs(
         hmp.core.execute("query-block-jobs", {})),
     "blockmap": _info_blockmap,
+    **hmp_exports.INFO_ADAPTERS,
 }
 
 

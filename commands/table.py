@@ -55,6 +55,10 @@ INFO_COMMANDS: Tuple[HmpCommand, ...] = (
                "show which image of the backing chain holds each part of the disk: "
                "'#' data, '0' zero, '.' unallocated, '+' mixed (blockmon)",
                qmp="x-blockmon-block-map", ours=True),
+    HmpCommand("blockstats", "", "", "show block device statistics", qmp="query-blockstats"),
+    HmpCommand("block-exports", "", "",
+               "show the NBD server, its exports and their clients (blockmon)",
+               qmp="x-blockmon-query-exports", ours=True),
 )
 
 HMP_COMMANDS: Tuple[HmpCommand, ...] = (
@@ -98,6 +102,17 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
                "run a qemu-io command on a block device\n\t\t\t"
                "-d: [device] is a device ID rather than a drive ID or node name",
                qmp="x-blockmon-qemu-io", complete={"command": "qemu-io"}),
+    # QEMU's params strings start with the command name: its help prints the name twice.
+    HmpCommand("nbd_server_start", "all:-a,writable:-w,uri:s",
+               "nbd_server_start [-a] [-w] host:port",
+               "serve block devices on the given host and port", qmp="nbd-server-start"),
+    HmpCommand("nbd_server_add", "writable:-w,device:B,name:s?", "nbd_server_add [-w] device [name]",
+               "export a block device via NBD", qmp="nbd-server-add",
+               complete={"device": "devices"}),
+    HmpCommand("nbd_server_remove", "force:-f,name:s", "nbd_server_remove [-f] name",
+               "remove an export previously exposed via NBD", qmp="nbd-server-remove"),
+    HmpCommand("nbd_server_stop", "", "nbd_server_stop",
+               "stop serving block devices using the NBD protocol", qmp="nbd-server-stop"),
     HmpCommand("info", "item:s?", "[subcommand]",
                "show various information about the system state",
                sub_table=INFO_COMMANDS, complete={"item": "info"}),
@@ -113,6 +128,8 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
 ENUMS: Dict[str, Tuple[str, ...]] = {
     "BlockdevOnError": ("report", "ignore", "enospc", "stop", "auto"),
     "NewImageMode": ("existing", "absolute-paths"),
+    "BlockExportRemoveMode": ("safe", "hard"),
+    "BlockExportType": ("nbd",),
 }
 
 QMP_SCHEMAS: Dict[str, Dict[str, object]] = {
@@ -141,6 +158,22 @@ QMP_SCHEMAS: Dict[str, Dict[str, object]] = {
     "human-monitor-command": {"command-line": "str", "*cpu-index": "int"},
     "x-blockmon-qemu-io": {"device": "str", "command": "str"},
     "x-blockmon-block-map": {"device": "str"},
+    "query-blockstats": {"*query-nodes": "bool"},
+    # addr is QAPI's SocketAddressLegacy ({"type", "data"}); commands.exports checks inside it
+    "nbd-server-start": {"addr": "object", "*tls-creds": "str", "*tls-authz": "str",
+                         "*max-connections": "int"},
+    "nbd-server-add": {"device": "str", "*name": "str", "*description": "str",
+                       "*writable": "bool", "*bitmap": "str"},
+    "nbd-server-remove": {"name": "str", "*mode": "BlockExportRemoveMode"},
+    "nbd-server-stop": {},
+    "block-export-add": {
+        "type": "BlockExportType", "id": "str", "*fixed-iothread": "bool", "*iothread": "str",
+        "node-name": "str", "*writable": "bool", "*writethrough": "bool", "*name": "str",
+        "*description": "str", "*bitmaps": ["str"], "*allocation-depth": "bool",
+    },
+    "block-export-del": {"id": "str", "*mode": "BlockExportRemoveMode"},
+    "query-block-exports": {},
+    "x-blockmon-query-exports": {},
     "quit": {},
 }
 
