@@ -42,6 +42,28 @@ def open_drives(core, drives) -> Optional[str]:
     return None
 
 
+def nbd_server_factory(exports, address, max_connections):
+    """The NBD server the core's export commands start (imported only when used)."""
+    from monitor.nbd.server import NbdServer
+    return NbdServer(exports, address, max_connections)
+
+
+def start_exports(core, options) -> Optional[str]:
+    """``--nbd-server`` and ``--export``: the error line of the first that fails, else None."""
+    from commands.errors import CommandError
+    if options.nbd_server is not None:
+        try:
+            core.execute("nbd-server-start", options.nbd_server)
+        except CommandError as err:
+            return "--nbd-server: %s" % err.desc
+    for export in options.exports:
+        try:
+            core.execute("block-export-add", export)
+        except CommandError as err:
+            return "--export id=%s: %s" % (export["id"], err.desc)
+    return None
+
+
 def start_servers(core, options, on_quit):
     """The ``-qmp``/``-monitor`` servers, listening; raises MonitorStartError."""
     from monitor.servers import MonitorServers
@@ -66,6 +88,8 @@ def run_session(core, options, demo, quit_signal: "QuitSignal", serving: bool) -
                                 err_is_tty=sys.stderr.isatty())
         lines = options.commands if options.commands else sys.stdin
         ok = session.run_commands(lines, stop=quit_signal.event)
+        # A server started by the script itself (nbd_server_start) keeps it serving too.
+        serving = serving or core.exports.server is not None
         if serving and not session.quit_requested and not options.commands:
             quit_signal.event.wait()
         elif not session.quit_requested:
@@ -79,6 +103,13 @@ def run_session(core, options, demo, quit_signal: "QuitSignal", serving: bool) -
     quit_signal.hooks.append(repl.request_exit)
     repl.run()
     return 0
+
+
+def _quit_on_signals(quit_signal):
+    """SIGTERM and SIGHUP end a serving daemon as ``quit`` does: exports and images closed."""
+    import signal
+    for number in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(number, lambda *_: quit_signal())
 
 
 class QuitSignal:
@@ -117,8 +148,8 @@ def main(argv: Optional[List[str]] = None) -> int:
         if options.walkthrough or not sys.stdin.isatty():
             print("\n".join(demo.summary()))
     from commands.core import BlockCore
-    core = BlockCore()
-    error = open_drives(core, options.drives)
+    core = BlockCore(nbd_server_factory=nbd_server_factory)
+    error = open_drives(core, options.drives) or start_exports(core, options)
     if error:
         core.shutdown()
         return _fail(error, 1)
@@ -132,8 +163,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         except MonitorStartError as err:
             core.shutdown()
             return _fail(str(err), 1)
+    serving = servers is not None or options.nbd_server is not None
+    if serving:
+        _quit_on_signals(quit_signal)
     try:
-        return run_session(core, options, demo, quit_signal, serving=servers is not None)
+        return run_session(core, options, demo, quit_signal, serving=serving)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     finally:

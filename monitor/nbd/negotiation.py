@@ -27,12 +27,13 @@ class Session:
 
 
 def transmission_flags(export, structured: bool) -> int:
-    """QEMU's nbd_export_create flags; CAN_MULTI_CONN also for writable exports:
-    every connection writes into the same image object, so one flush covers all."""
-    flags = (p.NBD_FLAG_HAS_FLAGS | p.NBD_FLAG_SEND_TRIM | p.NBD_FLAG_SEND_WRITE_ZEROES
-             | p.NBD_FLAG_SEND_FAST_ZERO | p.NBD_FLAG_CAN_MULTI_CONN | (1 << 10))  # SEND_CACHE
+    """qemu-nbd 7.2's flags (read-only: no TRIM/WRITE_ZEROES); CAN_MULTI_CONN for
+    writable exports too: every connection writes into the same image object, so
+    one flush covers what all of them wrote."""
+    flags = (p.NBD_FLAG_HAS_FLAGS | p.NBD_FLAG_SEND_FLUSH | p.NBD_FLAG_SEND_FUA
+             | p.NBD_FLAG_SEND_CACHE | p.NBD_FLAG_CAN_MULTI_CONN)
     if export.writable:
-        flags |= p.NBD_FLAG_SEND_FLUSH | p.NBD_FLAG_SEND_FUA
+        flags |= p.NBD_FLAG_SEND_TRIM | p.NBD_FLAG_SEND_WRITE_ZEROES | p.NBD_FLAG_SEND_FAST_ZERO
     else:
         flags |= p.NBD_FLAG_READ_ONLY
     if structured:

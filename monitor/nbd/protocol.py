@@ -54,6 +54,7 @@ NBD_FLAG_SEND_TRIM = 1 << 5
 NBD_FLAG_SEND_WRITE_ZEROES = 1 << 6
 NBD_FLAG_SEND_DF = 1 << 7
 NBD_FLAG_CAN_MULTI_CONN = 1 << 8
+NBD_FLAG_SEND_CACHE = 1 << 10
 NBD_FLAG_SEND_FAST_ZERO = 1 << 11
 
 # -- requests and replies ------------------------------------------------------------
