@@ -29,6 +29,7 @@ from .transmission import Connection, Wire
 HANDSHAKE_TIMEOUT = 30          # seconds a client may take to choose an export
 WORKERS = 8
 JOIN_TIMEOUT = 10
+SEND_BUFFER = 4 * 1024 * 1024
 
 
 class NbdServer:
@@ -136,6 +137,9 @@ class NbdServer:
         if session is None:
             return None
         sock.settimeout(None)
+        # Room for a few whole replies in the kernel: a large read then costs one sendmsg
+        # that does not wait for the client to drain the socket.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         connection = Connection(wire, session, self._pool)
         with self._lock:
             self._handshakes.discard(sock)

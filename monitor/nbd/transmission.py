@@ -24,6 +24,9 @@ MAX_IN_FLIGHT = 16
 MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
 MAX_EXTENTS = 128 * 1024            # per BLOCK_STATUS chunk (QEMU sends at most 1 MiB of them)
 READ_BUFFER = 256 * 1024
+SMALL_READ = 64 * 1024              # reads up to this size go out as one data chunk
+REPLY_BATCH_BYTES = 1024 * 1024     # inline replies held back at most this much
+IOV_BATCH = 512                    # below IOV_MAX (1024)
 
 _ALLOWED_FLAGS = {
     p.NBD_CMD_READ: p.NBD_CMD_FLAG_DF,
@@ -50,38 +53,86 @@ class RequestRefused(Exception):
 
 
 class Wire:
-    """A connected socket read through a buffer and written under a lock."""
+    """A connected socket read through our own buffer (so the reader knows whether more
+    requests are already here) and written under a lock."""
 
     def __init__(self, sock: socket.socket):
         self.sock = sock
-        self.rfile = sock.makefile("rb", buffering=READ_BUFFER)
         self.send_lock = threading.Lock()
+        self._buffer = bytearray(READ_BUFFER)
+        self._view = memoryview(self._buffer)
+        self._start = self._end = 0
+
+    def buffered(self) -> int:
+        return self._end - self._start
+
+    def _fill(self, need: int) -> None:
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif READ_BUFFER - self._start < need:      # move the tail to the front
+            self._buffer[:self._end - self._start] = self._buffer[self._start:self._end]
+            self._end -= self._start
+            self._start = 0
+        while self._end - self._start < need:
+            got = self.sock.recv_into(self._view[self._end:])
+            if not got:
+                raise EOFError("the client closed the connection")
+            self._end += got
+
+    def unpack(self, layout):
+        self._fill(layout.size)
+        values = layout.unpack_from(self._buffer, self._start)
+        self._start += layout.size
+        return values
 
     def recv_exact(self, n: int) -> bytes:
-        data = self.rfile.read(n)
-        if len(data) != n:
-            raise EOFError("the client closed the connection")
-        return data
+        data = bytearray(n)
+        self.recv_into(data)
+        return bytes(data)
 
     def recv_into(self, buffer) -> None:
-        view, done = memoryview(buffer), 0
+        view = memoryview(buffer)
+        done = min(len(view), self.buffered())
+        view[:done] = self._view[self._start:self._start + done]
+        self._start += done
         while done < len(view):
-            got = self.rfile.readinto(view[done:])
+            got = self.sock.recv_into(view[done:])
             if not got:
                 raise EOFError("the client closed the connection")
             done += got
 
     def send(self, *parts) -> None:
-        """Header and data in one sendmsg: no copy of the data into a joined buffer."""
+        """Headers and data in one sendmsg: no copy of the data into a joined buffer."""
         with self.send_lock:
             pending = [memoryview(part).cast("B") for part in parts if len(part)]
             while pending:
-                sent = self.sock.sendmsg(pending)
+                sent = self.sock.sendmsg(pending[:IOV_BATCH])
                 while pending and sent >= len(pending[0]):
                     sent -= len(pending[0])
                     pending.pop(0)
                 if pending and sent:
                     pending[0] = pending[0][sent:]
+
+
+class Replies:
+    """Replies of inline requests, held back while more requests are already buffered,
+    then sent together: one sendmsg (and one wake-up of the client) for a batch."""
+
+    def __init__(self, wire):
+        self.wire = wire
+        self.parts = []
+        self.size = 0
+
+    def __call__(self, *parts) -> None:
+        self.parts.extend(parts)
+        self.size += sum(len(part) for part in parts)
+        if self.size >= REPLY_BATCH_BYTES or len(self.parts) >= IOV_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            parts, self.parts, self.size = self.parts, [], 0
+            self.wire.send(*parts)
 
 
 class Connection:
@@ -100,19 +151,20 @@ class Connection:
 
     # -- the reader ---------------------------------------------------------------
     def serve(self) -> None:
+        replies = Replies(self.wire)
         try:
             while not self.closed:
-                header = self.wire.rfile.read(p.REQUEST.size)
-                if len(header) != p.REQUEST.size:
-                    return                      # EOF (a truncated header ends it too)
-                if not self._dispatch(*p.REQUEST.unpack(header)):
+                if self.wire.buffered() < p.REQUEST.size:
+                    replies.flush()             # nothing else is waiting: answer now
+                if not self._dispatch(replies, *self.wire.unpack(p.REQUEST)):
+                    replies.flush()
                     return
         except (OSError, EOFError, ValueError):
             return                              # the peer went away, or we closed the socket
         finally:
             self._wait_idle()
 
-    def _dispatch(self, magic, flags, kind, cookie, offset, length) -> bool:
+    def _dispatch(self, replies, magic, flags, kind, cookie, offset, length) -> bool:
         if magic != p.NBD_REQUEST_MAGIC:
             return False                        # the spec: terminate, nothing to answer
         if kind == p.NBD_CMD_DISC:
@@ -121,16 +173,22 @@ class Connection:
         if kind == p.NBD_CMD_WRITE:
             if length > p.NBD_MAX_BUFFER_SIZE:
                 # QEMU's answer: EINVAL, then disconnect (the payload is never read)
-                self._reply_error(kind, cookie, p.NBD_EINVAL, "len (%d) is larger than max len (%d)"
+                self._reply_error(replies, kind, cookie, p.NBD_EINVAL,
+                                  "len (%d) is larger than max len (%d)"
                                   % (length, p.NBD_MAX_BUFFER_SIZE))
                 return False
             self._reserve(length)
             payload = bytearray(length)
             self.wire.recv_into(payload)
+        elif kind in (p.NBD_CMD_READ, p.NBD_CMD_BLOCK_STATUS):
+            # Reads and block status are answered here: a hop to a worker costs more than
+            # it buys (measured), since the device's I/O lock serialises them anyway.
+            self._reserve(0)
+            self._handle(replies, flags, kind, cookie, offset, length, None)
+            return True
         else:
-            small_read = kind == p.NBD_CMD_READ and length <= p.NBD_MAX_BUFFER_SIZE
-            self._reserve(length if small_read else 0)
-        self.pool.submit(self._handle, flags, kind, cookie, offset, length, payload)
+            self._reserve(0)
+        self.pool.submit(self._handle, self.wire.send, flags, kind, cookie, offset, length, payload)
         return True
 
     def _reserve(self, nbytes: int) -> None:
@@ -161,18 +219,19 @@ class Connection:
             pass
 
     # -- the workers ----------------------------------------------------------------
-    def _handle(self, flags, kind, cookie, offset, length, payload) -> None:
-        reserved = len(payload) if payload is not None else (
-            length if kind == p.NBD_CMD_READ and length <= p.NBD_MAX_BUFFER_SIZE else 0)
+    def _handle(self, send, flags, kind, cookie, offset, length, payload) -> None:
+        """One request; ``send(*parts)`` sends (or, inline, batches) its reply."""
+        reserved = len(payload) if payload is not None else 0
         try:
             self._check(flags, kind, offset, length)
-            self._perform(flags, kind, cookie, offset, length, payload)
+            self._perform(send, flags, kind, cookie, offset, length, payload)
         except RequestRefused as err:
-            self._reply_error(kind, cookie, err.error, err.message)
+            self._reply_error(send, kind, cookie, err.error, err.message)
         except ImageIOError as err:
-            self._reply_error(kind, cookie, _ERRNO_TO_NBD.get(err.errno, p.NBD_EIO), err.desc)
+            self._reply_error(send, kind, cookie, _ERRNO_TO_NBD.get(err.errno, p.NBD_EIO),
+                              err.desc)
         except BlockError as err:
-            self._reply_error(kind, cookie, p.NBD_EIO, err.desc)
+            self._reply_error(send, kind, cookie, p.NBD_EIO, err.desc)
         except OSError:
             self.close()                        # the reply could not be sent
         finally:
@@ -196,13 +255,13 @@ class Connection:
         if flags & p.NBD_CMD_FLAG_FAST_ZERO and not self.backend.zeroes_are_fast(offset, length):
             raise RequestRefused(p.NBD_ENOTSUP, "fast zeroing not possible here")
 
-    def _perform(self, flags, kind, cookie, offset, length, payload) -> None:
+    def _perform(self, send, flags, kind, cookie, offset, length, payload) -> None:
         backend = self.backend
         fua = bool(flags & p.NBD_CMD_FLAG_FUA)
         if kind == p.NBD_CMD_READ:
-            return self._read(flags, cookie, offset, length)
+            return self._read(send, flags, cookie, offset, length)
         if kind == p.NBD_CMD_BLOCK_STATUS:
-            return self._block_status(flags, cookie, offset, length)
+            return self._block_status(send, flags, cookie, offset, length)
         if kind == p.NBD_CMD_WRITE:
             backend.write(offset, payload, fua=fua)
         elif kind == p.NBD_CMD_WRITE_ZEROES:
@@ -213,26 +272,29 @@ class Connection:
                 backend.flush()
         elif kind == p.NBD_CMD_FLUSH:
             backend.flush()
-        self.wire.send(p.simple_reply(0, cookie))   # CACHE is advice: nothing to do
+        send(p.simple_reply(0, cookie))         # CACHE is advice: nothing to do
 
-    def _read(self, flags, cookie, offset, length) -> None:
+    def _read(self, send, flags, cookie, offset, length) -> None:
         if not self.session.structured:
             data = self.backend.read(offset, length)
-            return self.wire.send(p.simple_reply(0, cookie), data)
+            return send(p.simple_reply(0, cookie), data)
         if not length:
-            return self.wire.send(p.none_chunk(cookie))
-        if flags & p.NBD_CMD_FLAG_DF:
+            return send(p.none_chunk(cookie))
+        if flags & p.NBD_CMD_FLAG_DF or length <= SMALL_READ:
+            # Small reads skip the block-status walk: it costs more than the bytes it saves.
             data = self.backend.read(offset, length)
-            return self.wire.send(p.data_chunk_header(cookie, offset, length, True), data)
+            return send(p.data_chunk_header(cookie, offset, length, True), data)
         pieces = self.backend.read_sparse(offset, length)
+        parts = []
         for index, (start, piece) in enumerate(pieces):
             done = index == len(pieces) - 1
             if isinstance(piece, int):
-                self.wire.send(p.hole_chunk(cookie, start, piece, done))
+                parts.append(p.hole_chunk(cookie, start, piece, done))
             else:
-                self.wire.send(p.data_chunk_header(cookie, start, len(piece), done), piece)
+                parts += (p.data_chunk_header(cookie, start, len(piece), done), piece)
+        send(*parts)
 
-    def _block_status(self, flags, cookie, offset, length) -> None:
+    def _block_status(self, send, flags, cookie, offset, length) -> None:
         runs = self.backend.status_above(offset, length)      # one walk for every context
         contexts = list(self.session.contexts.items())
         for index, (context_id, name) in enumerate(contexts):
@@ -242,15 +304,14 @@ class Connection:
             else:
                 value = allocation_depth
             extents = merged_extents(runs, value, flags & p.NBD_CMD_FLAG_REQ_ONE)
-            self.wire.send(p.block_status_chunk(cookie, context_id, extents,
-                                                index == len(contexts) - 1))
+            send(p.block_status_chunk(cookie, context_id, extents, index == len(contexts) - 1))
 
-    def _reply_error(self, kind, cookie, error, message) -> None:
+    def _reply_error(self, send, kind, cookie, error, message) -> None:
         try:
             if self.session.structured and kind in (p.NBD_CMD_READ, p.NBD_CMD_BLOCK_STATUS):
-                self.wire.send(p.error_chunk(cookie, error, message))
+                send(p.error_chunk(cookie, error, message))
             else:
-                self.wire.send(p.simple_reply(error, cookie))
+                send(p.simple_reply(error, cookie))
         except OSError:
             self.close()
 
