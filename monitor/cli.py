@@ -9,6 +9,7 @@ import sys
 import threading
 from typing import List, Optional
 
+from monitor.daemon_options import parse_daemon_options
 from monitor.drive_options import USAGE, UsageError, parse_command_line
 
 PROGRAM = "blockmon"
@@ -129,6 +130,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         options = parse_command_line(argv)
+        parse_daemon_options(options)
     except UsageError as err:
         return _fail(str(err), 2)
     if options.show_help:

@@ -33,6 +33,15 @@ def _required(option, text, values, key):
     return values[key]
 
 
+def parse_daemon_options(options) -> None:
+    """Fill ``options.nbd_server`` and ``options.exports`` from the texts typed."""
+    if len(options.nbd_server_texts) > 1:
+        raise UsageError("--nbd-server given twice")
+    for text in options.nbd_server_texts:
+        options.nbd_server = parse_nbd_server(text)
+    options.exports = [parse_export(text) for text in options.export_texts]
+
+
 def parse_nbd_server(text: str) -> dict:
     values = _key_values("--nbd-server", text, _SERVER_KEYS)
     kind = _required("--nbd-server", text, values, "addr.type")

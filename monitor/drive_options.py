@@ -43,7 +43,10 @@ class Options:
     walkthrough: bool = False
     qmp_specs: List[str] = field(default_factory=list)
     monitor_specs: List[str] = field(default_factory=list)
-    nbd_server: Optional[dict] = None       # nbd-server-start arguments
+    # --nbd-server and --export values as typed; monitor.daemon_options parses them
+    nbd_server_texts: List[str] = field(default_factory=list)
+    export_texts: List[str] = field(default_factory=list)
+    nbd_server: Optional[dict] = None       # nbd-server-start arguments, once parsed
     exports: List[dict] = field(default_factory=list)   # block-export-add arguments
 
 
@@ -218,14 +221,10 @@ def _set_value(options: Options, drive_values: list, kind: str, value: str) -> N
         drive_values.append(parse_drive(value))
     elif kind == "command":
         options.commands.append(value)
-    elif kind in ("nbd-server", "export"):
-        from monitor.daemon_options import parse_export, parse_nbd_server
-        if kind == "export":
-            options.exports.append(parse_export(value))
-        elif options.nbd_server is not None:
-            raise UsageError("--nbd-server given twice")
-        else:
-            options.nbd_server = parse_nbd_server(value)
+    elif kind == "nbd-server":
+        options.nbd_server_texts.append(value)
+    elif kind == "export":
+        options.export_texts.append(value)
     else:
         from monitor.chardev import ChardevError, parse_chardev
         try:
