@@ -38,6 +38,10 @@ _ALLOWED_FLAGS = {
                              | p.NBD_CMD_FLAG_FAST_ZERO),
     p.NBD_CMD_BLOCK_STATUS: p.NBD_CMD_FLAG_REQ_ONE,
 }
+# Answered by the reader itself (a hop to a worker costs more than it buys, measured:
+# the device's I/O lock serialises them anyway); FLUSH, TRIM and WRITE_ZEROES, which
+# may take long, go to the workers so the reader goes on meanwhile.
+_INLINE = (p.NBD_CMD_READ, p.NBD_CMD_BLOCK_STATUS, p.NBD_CMD_WRITE)
 _WRITES = (p.NBD_CMD_WRITE, p.NBD_CMD_TRIM, p.NBD_CMD_WRITE_ZEROES)
 _ERRNO_TO_NBD = {errno.EPERM: p.NBD_EPERM, errno.EROFS: p.NBD_EPERM, errno.EIO: p.NBD_EIO,
                  errno.ENOMEM: p.NBD_ENOMEM, errno.EINVAL: p.NBD_EINVAL,
@@ -180,14 +184,11 @@ class Connection:
             self._reserve(length)
             payload = bytearray(length)
             self.wire.recv_into(payload)
-        elif kind in (p.NBD_CMD_READ, p.NBD_CMD_BLOCK_STATUS):
-            # Reads and block status are answered here: a hop to a worker costs more than
-            # it buys (measured), since the device's I/O lock serialises them anyway.
-            self._reserve(0)
-            self._handle(replies, flags, kind, cookie, offset, length, None)
-            return True
         else:
             self._reserve(0)
+        if kind in _INLINE:
+            self._handle(replies, flags, kind, cookie, offset, length, payload)
+            return True
         self.pool.submit(self._handle, self.wire.send, flags, kind, cookie, offset, length, payload)
         return True
 
