@@ -258,7 +258,7 @@ class Connection:
 
     def _perform(self, send, flags, kind, cookie, offset, length, payload) -> None:
         backend = self.backend
-        fua = bool(flags & p.NBD_CMD_FLAG_FUA)
+        fua = bool(flags & p.NBD_CMD_FLAG_FUA) or self.export.writethrough
         if kind == p.NBD_CMD_READ:
             return self._read(send, flags, cookie, offset, length)
         if kind == p.NBD_CMD_BLOCK_STATUS:
