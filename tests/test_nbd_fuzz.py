@@ -212,3 +212,33 @@ def test_an_option_flood_ends_only_that_connection(daemon):
     flood.close()
     assert "read 4096/4096" in run("qemu-io", "-r", "-f", "raw", "-c", "read 0 4K",
                                    blockmon.uri()).stdout
+
+
+def test_many_requests_in_flight_each_answered_under_its_cookie(daemon):
+    blockmon, _ = daemon
+    client = RawClient(blockmon.sock)
+    client.go(b"D")
+    frames = b""
+    expected = {}
+    for cookie in range(1, 65):
+        kind = (0, 3, 7)[cookie % 3]            # READ, FLUSH, BLOCK_STATUS, all at once
+        offset = (cookie * 192 * 1024) % (15 << 20)
+        frames += struct.pack(">IHHQQI", REQUEST_MAGIC, 0, kind, cookie, offset, 128 * 1024)
+        expected[cookie] = kind
+    client.sock.sendall(frames)
+    answered = {}
+    for _ in expected:
+        magic = struct.unpack(">I", client.recv(4))[0]
+        if magic == SIMPLE_MAGIC:
+            error, cookie = struct.unpack(">IQ", client.recv(12))
+            answered[cookie] = error
+            continue
+        while True:
+            flags, _kind, cookie, length = struct.unpack(">HHQI", client.recv(16))
+            client.recv(length)
+            if flags & 1:
+                answered[cookie] = 0
+                break
+            assert struct.unpack(">I", client.recv(4))[0] == STRUCTURED_MAGIC
+    assert answered == {cookie: 0 for cookie in expected}
+    client.close()

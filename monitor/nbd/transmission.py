@@ -1,12 +1,14 @@
 """NBD transmission phase, server side: one connection's requests (proto.md "Transmission").
 
 ``Connection`` owns one client socket.  Its reader thread reads whole requests (the
-28-byte header, and a WRITE's payload), checks the budget, and hands each request
-to the server's worker pool; the workers do the block I/O through the export's
-``BlockBackend`` and send the reply under the connection's send lock, so replies go
-out in the order requests finish, not the order they came.  Memory is bounded:
-at most ``MAX_IN_FLIGHT`` requests and ``MAX_IN_FLIGHT_BYTES`` of payload per
-connection (the reader stops reading, and TCP pushes back).
+28-byte header, and a WRITE's payload) and checks the budget.  READ, WRITE and
+BLOCK_STATUS it answers itself, holding the replies back while more requests are
+already buffered and sending them in one ``sendmsg``; FLUSH, TRIM and WRITE_ZEROES,
+which may take long, go to the server's worker pool, whose replies go out under the
+connection's send lock as they finish, so replies are out of order.  All block I/O
+goes through the export's ``BlockBackend``.  Memory is bounded: at most
+``MAX_IN_FLIGHT`` requests and ``MAX_IN_FLIGHT_BYTES`` of payload per connection
+(the reader stops reading, and the socket pushes back).
 
 A bad magic, a WRITE longer than 32 MiB (its payload is not read) or a broken frame
 ends this connection only; any other bad request gets the spec's error reply.
