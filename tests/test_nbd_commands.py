@@ -206,3 +206,17 @@ def test_max_connections_holds_extra_clients_back(daemon, tmp_path):
     _wait_clients(daemon, 1)              # ... and gets in once the first has gone
     output, _ = second.communicate("quit\n", timeout=60)
     assert "read 4096/4096 bytes at offset 0" in output
+
+
+def test_an_export_of_the_top_node_moves_to_the_new_overlay(daemon, tmp_path):
+    sock, overlay = str(tmp_path / "nbd.sock"), str(tmp_path / "E.qcow2")
+    daemon.qmp("nbd-server-start", addr={"type": "unix", "data": {"path": sock}})
+    daemon.qmp("block-export-add", type="nbd", id="top", writable=True, **{"node-name": "D"})
+    assert daemon.hmp("snapshot_blkdev virtio0 " + overlay) == ""
+    assert daemon.qmp("query-block-exports")["return"][0]["node-name"] == "E"
+    run("qemu-io", "-f", "raw", "-c", "write -P 0x42 0 4K", uri(sock, "D"))
+    # the write is in the new overlay; the old top (now read-only backing) is untouched
+    assert "read 4096/4096" in run("qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0x42 0 4K",
+                                   overlay).stdout
+    assert "read 4096/4096" in run("qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0xa1 0 4K",
+                                   str(tmp_path / "D.qcow2")).stdout
