@@ -224,3 +224,40 @@ def _member(data, name):
     if not isinstance(data[name], str):
         raise CommandError("Invalid parameter type for 'addr.data.%s', expected: string" % name)
     return data[name]
+
+
+# -- the QMP handlers the command table names: handler(core, arguments) ---------------------
+def nbd_server_start(core, args):
+    if "tls-creds" in args or "tls-authz" in args:
+        raise CommandError("TLS is not supported by blockmon's NBD server")
+    return core.exports.start_server(args)
+
+
+def nbd_server_stop(core, args):
+    return core.exports.stop_server(args)
+
+
+def nbd_server_add(core, args):
+    return core.exports.nbd_server_add(args)
+
+
+def nbd_server_remove(core, args):
+    return core.exports.nbd_server_remove(args)
+
+
+def block_export_add(core, args):
+    if "iothread" in args:
+        raise CommandError("blockmon has no iothreads")
+    return core.exports.block_export_add(args)
+
+
+def block_export_del(core, args):
+    return core.exports.block_export_del(args)
+
+
+def query_block_exports(core, args):
+    return core.exports.query(args)
+
+
+def query_exports_details(core, args):
+    return core.exports.query_details(args)

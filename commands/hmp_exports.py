@@ -1,6 +1,7 @@
 """HMP adapters for the NBD server and exports, and the ``info blockstats`` /
 ``info block-exports`` renderings (QEMU's block-hmp-cmds.c ``hmp_nbd_server_*`` and
-``hmp_info_blockstats``)."""
+``hmp_info_blockstats``).  ``commands.hmp`` imports the ``hmp_*`` adapters: the
+table finds an entry's adapter there by QEMU's name."""
 from .errors import CommandError
 
 
@@ -18,7 +19,7 @@ def socket_parse(uri: str) -> dict:
     return {"type": "inet", "data": {"host": host, "port": port}}
 
 
-def nbd_server_start(hmp, args):
+def hmp_nbd_server_start(hmp, args):
     if args.get("writable") and not args.get("all"):
         raise CommandError("-w only valid together with -a")
     hmp.core.execute("nbd-server-start", {"addr": socket_parse(args["uri"])})
@@ -33,7 +34,7 @@ def nbd_server_start(hmp, args):
     return ""
 
 
-def nbd_server_add(hmp, args):
+def hmp_nbd_server_add(hmp, args):
     qmp = {"device": args["device"], "writable": bool(args.get("writable"))}
     if "name" in args:
         qmp["name"] = args["name"]
@@ -41,13 +42,13 @@ def nbd_server_add(hmp, args):
     return ""
 
 
-def nbd_server_remove(hmp, args):
+def hmp_nbd_server_remove(hmp, args):
     hmp.core.execute("nbd-server-remove", {"name": args["name"],
                                            "mode": "hard" if args.get("force") else "safe"})
     return ""
 
 
-def nbd_server_stop(hmp, args):
+def hmp_nbd_server_stop(hmp, args):
     hmp.core.execute("nbd-server-stop", {})
     return ""
 
@@ -86,15 +87,9 @@ def format_block_exports(details) -> str:
     return "".join(lines)
 
 
-ADAPTERS = {
-    "nbd_server_start": nbd_server_start,
-    "nbd_server_add": nbd_server_add,
-    "nbd_server_remove": nbd_server_remove,
-    "nbd_server_stop": nbd_server_stop,
-}
+def hmp_info_blockstats(hmp, args):
+    return format_blockstats(hmp.core.execute("query-blockstats", {}))
 
-INFO_ADAPTERS = {
-    "blockstats": lambda hmp, args: format_blockstats(hmp.core.execute("query-blockstats", {})),
-    "block-exports": lambda hmp, args: format_block_exports(
-        hmp.core.execute("x-blockmon-query-exports", {})),
-}
+
+def hmp_info_block_exports(hmp, args):
+    return format_block_exports(hmp.core.execute("x-blockmon-query-exports", {}))

@@ -106,11 +106,15 @@ def run_session(core, options, demo, quit_signal: "QuitSignal", serving: bool) -
     return 0
 
 
-def _quit_on_signals(quit_signal):
-    """SIGTERM and SIGHUP end a serving daemon as ``quit`` does: exports and images closed."""
+def _serving(options, quit_signal) -> bool:
+    """Whether blockmon serves sockets; if so, SIGTERM and SIGHUP end it as ``quit``
+    does (exports and images closed cleanly)."""
+    if not (options.qmp_specs or options.monitor_specs or options.nbd_server):
+        return False
     import signal
     for number in (signal.SIGTERM, signal.SIGHUP):
         signal.signal(number, lambda *_: quit_signal())
+    return True
 
 
 class QuitSignal:
@@ -124,6 +128,28 @@ class QuitSignal:
         self.event.set()
         for hook in list(self.hooks):
             hook()
+
+
+def _open_servers(core, options, quit_signal):
+    """(the started servers or None, the one-line error or None)."""
+    if not (options.qmp_specs or options.monitor_specs):
+        return None, None
+    # Imported only when asked for: asyncio alone is a good part of `-c quit`'s start-up.
+    from monitor.servers import MonitorStartError
+    try:
+        return start_servers(core, options, quit_signal), None
+    except MonitorStartError as err:
+        return None, str(err)
+
+
+def _build_demo(options):
+    """The demo chain for ``--demo``; its drives replace the options' drives."""
+    from monitor.demo import build_demo
+    demo = build_demo(options.demo_dir)
+    options.drives = demo.drives
+    if options.walkthrough or not sys.stdin.isatty():
+        print("\n".join(demo.summary()))
+    return demo
 
 
 def main(argv: Optional[List[str]] = None) -> int:
@@ -141,33 +167,21 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     demo = None
     if options.demo:
-        from monitor.demo import DemoError, build_demo
+        from monitor.demo import DemoError
         try:
-            demo = build_demo(options.demo_dir)
+            demo = _build_demo(options)
         except DemoError as err:
             return _fail(str(err), 1)
-        options.drives = demo.drives
-        if options.walkthrough or not sys.stdin.isatty():
-            print("\n".join(demo.summary()))
     from commands.core import BlockCore
     core = BlockCore(nbd_server_factory=nbd_server_factory)
+    quit_signal, servers = QuitSignal(), None
+    serving = _serving(options, quit_signal)     # before any listener exists
     error = open_drives(core, options.drives) or start_exports(core, options)
+    if not error:
+        servers, error = _open_servers(core, options, quit_signal)
     if error:
         core.shutdown()
         return _fail(error, 1)
-    quit_signal = QuitSignal()
-    servers = None
-    if options.qmp_specs or options.monitor_specs:
-        # Imported only when asked for: asyncio alone is a good part of `-c quit`'s start-up.
-        from monitor.servers import MonitorStartError
-        try:
-            servers = start_servers(core, options, quit_signal)
-        except MonitorStartError as err:
-            core.shutdown()
-            return _fail(str(err), 1)
-    serving = servers is not None or options.nbd_server is not None
-    if serving:
-        _quit_on_signals(quit_signal)
     try:
         return run_session(core, options, demo, quit_signal, serving=serving)
     except KeyboardInterrupt:

@@ -5,19 +5,19 @@
 ``parse_export(text)`` gives ``block-export-add``'s.  Bad values raise UsageError
 with one line naming the part.
 """
-from monitor.drive_options import UsageError, split_commas
+from monitor.drive_options import UsageError
+from monitor.option_syntax import parse_bool, split_commas, split_key_value
 
 _SERVER_KEYS = ("addr.type", "addr.path", "addr.host", "addr.port", "max-connections")
 _EXPORT_KEYS = ("type", "id", "node-name", "name", "description", "writable",
                 "writethrough", "allocation-depth")
-_BOOLEANS = {"on": True, "yes": True, "true": True, "off": False, "no": False, "false": False}
 
 
 def _key_values(option: str, text: str, keys) -> dict:
     values = {}
     for item in split_commas(text):
-        key, sep, value = item.partition("=")
-        if not sep:
+        key, value = split_key_value(item)
+        if value is None:
             raise UsageError("%s %s: expected key=value, got '%s'" % (option, text, item))
         if key not in keys:
             raise UsageError("%s %s: unknown key '%s'" % (option, text, key))
@@ -72,8 +72,9 @@ def parse_export(text: str) -> dict:
             args[key] = values[key]
     for key in ("writable", "writethrough", "allocation-depth"):
         if key in values:
-            if values[key] not in _BOOLEANS:
+            flag = parse_bool(values[key])
+            if flag is None:
                 raise UsageError("--export %s: %s expects on or off, got '%s'"
                                  % (text, key, values[key]))
-            args[key] = _BOOLEANS[values[key]]
+            args[key] = flag
     return args
