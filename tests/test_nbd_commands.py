@@ -78,8 +78,11 @@ def test_hmp_nbd_commands_and_their_errors(daemon, tmp_path):
         'nbd_server_start: string expected\r\nTry "help nbd_server_start" for more information\r\n')
     assert daemon.hmp("nbd_server_start -w unix:" + sock) == \
         "Error: -w only valid together with -a\r\n"
-    assert daemon.hmp("nbd_server_start nosuchhost.invalid:1") == (
-        "Error: address resolution failed for nosuchhost.invalid:1: Name or service not known\r\n")
+    # getaddrinfo's text; a resolver that cannot be reached says "Temporary failure ..."
+    assert daemon.hmp("nbd_server_start nosuchhost.invalid:1") in (
+        "Error: address resolution failed for nosuchhost.invalid:1: Name or service not known\r\n",
+        "Error: address resolution failed for nosuchhost.invalid:1: "
+        "Temporary failure in name resolution\r\n")
     assert daemon.hmp("nbd_server_start unix:" + sock) == ""
     assert oct(os.stat(sock).st_mode & 0o777) == "0o600"
     assert daemon.hmp("nbd_server_start unix:" + sock) == "Error: NBD server already running\r\n"
