@@ -1,5 +1,8 @@
 """Guest I/O on a device: the one path every guest request takes (qemu-io, NBD clients).
 
+Writes, zero writes and discards go through ``images.guest_io.GuestView``, so a
+backup's copy-before-write and the dirty bitmaps see NBD clients as they see qemu-io.
+
 A ``BlockBackend`` is QEMU's BlockBackend reduced to what blockmon needs: it names
 either a device (and then always reaches the device's *current* top, so after
 ``snapshot_blkdev`` the next request goes to the new overlay) or one fixed node.
@@ -18,6 +21,7 @@ from typing import List
 from images.chain import block_status_above, chain_of
 from images.driver import DATA, UNALLOCATED
 from images.errors import BlockError, ImageIOError
+from images.guest_io import GuestView
 
 READ, WRITE, FLUSH, UNMAP = "rd", "wr", "flush", "unmap"
 _KINDS = (READ, WRITE, FLUSH, UNMAP)
@@ -157,15 +161,16 @@ class BlockBackend:
     def write(self, offset: int, data, fua: bool = False) -> None:
         with self._lock:
             self._checked(WRITE, offset, len(data))
-            image = self.image
-            self._run(WRITE, len(data), offset + len(data), image.write, offset, data)
+            guest = GuestView(self.image)     # copy-before-write hooks, dirty bitmaps
+            self._run(WRITE, len(data), offset + len(data), guest.write, offset, data)
             if fua:
                 self.flush()
 
     def write_zeroes(self, offset: int, length: int, fua: bool = False) -> None:
         with self._lock:
             self._checked(WRITE, offset, length)
-            self._run(WRITE, length, offset + length, self.image.write_zeroes, offset, length)
+            self._run(WRITE, length, offset + length, GuestView(self.image).write_zeroes,
+                      offset, length)
             if fua:
                 self.flush()
 
@@ -181,7 +186,7 @@ class BlockBackend:
     def discard(self, offset: int, length: int) -> None:
         with self._lock:
             self._checked(UNMAP, offset, length)
-            self._run(UNMAP, length, 0, self.image.discard, offset, length)
+            self._run(UNMAP, length, 0, GuestView(self.image).discard, offset, length)
 
     def flush(self) -> None:
         with self._lock:

@@ -21,6 +21,10 @@ from .hmp_exports import (hmp_info_block_exports, hmp_info_blockstats,  # noqa: 
                           hmp_nbd_server_add, hmp_nbd_server_remove, hmp_nbd_server_start,
                           hmp_nbd_server_stop)
 from .table import HMP_COMMANDS, INFO_COMMANDS, HmpCommand, find_command
+# Adapters written beside their commands, found by name like the ones below.
+from .backup import hmp_drive_backup  # noqa: F401
+from .bitmaps import (hmp_block_dirty_bitmap_add, hmp_block_dirty_bitmap_clear,  # noqa: F401
+                      hmp_block_dirty_bitmap_remove, hmp_info_dirty_bitmaps)
 
 
 @dataclass(frozen=True)

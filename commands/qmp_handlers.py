@@ -5,6 +5,7 @@ here by reference; ``BlockCore.execute`` validates the arguments against the
 entry's schema and calls it.  Job-starting commands live in their own modules
 (``block_stream``, later mirror, commit, backup) on ``commands.block_jobs``.
 """
+
 from . import block_info
 from .errors import QemuIoFailed
 from .hmp import HmpInterpreter
