@@ -143,3 +143,17 @@ def test_blockstats_count_nbd_and_qemu_io_requests(pair):
                                "wr_operations=1 flush_operations=")
     finally:
         qmp.close()
+
+
+def test_nbd_writes_mark_dirty_bitmaps_like_the_guest_path(pair):
+    blockmon, *_ = pair
+    qmp = blockmon.qmp()
+    try:
+        qmp.execute("block-dirty-bitmap-add", {"node": "virtio0", "name": "b"})
+        run("qemu-io", "-f", "raw", "-c", "write -P 9 1M 64K", "-c", "write -z 2M 64K",
+            blockmon.uri())
+        nodes = qmp.execute("x-blockmon-query-dirty-bitmaps")
+        bitmap = [b for n in nodes if n["node-name"] == "D" for b in n["dirty-bitmaps"]][0]
+        assert bitmap["count"] == 2 * 65536
+    finally:
+        qmp.close()
