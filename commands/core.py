@@ -12,7 +12,9 @@ from images.errors import JobError
 from images.events import EventBus
 from images.jobs.registry import JobRegistry
 
+from .block_backend import BlockBackend
 from .devices import DeviceTable
+from .exports import ExportTable
 from .qmp_args import validate_arguments
 from .table import find_qmp_command, handler_function, qmp_command_names
 
@@ -21,9 +23,11 @@ class BlockCore:
     """The devices, the jobs and the event bus of one blockmon process; QMP commands
     run through ``execute`` (see commands/qmp_handlers.py for what each one does)."""
 
-    def __init__(self, events=None):
+    def __init__(self, events=None, nbd_server_factory=None):
         self.events = events or EventBus()
         self.devices = DeviceTable()
+        # The monitor provides the NBD server (sockets live there); see commands.exports.
+        self.exports = ExportTable(self, nbd_server_factory)
         self.jobs_registry = JobRegistry()
         self.quit_requested = threading.Event()
         self.closing = False        # set by shutdown(); no job starts afterwards
@@ -52,6 +56,13 @@ class BlockCore:
 
     def node_names(self):
         return self.devices.node_names()
+
+    def backend(self, name):
+        """The guest I/O path of a device (following its top) or of a node."""
+        device = self.devices.device(name)
+        if device is not None:
+            return BlockBackend(device=device)
+        return BlockBackend(image=self.active_image(name))
 
     def active_image(self, name):
         return self.devices.lookup(name, name)
@@ -98,6 +109,7 @@ class BlockCore:
                     pass
         for job in self.jobs():
             job.wait(timeout=30)
+        self.exports.shutdown()     # clients go before the images close under them
         for image in self.devices.all_images():
             if not image.read_only:
                 image.flush()

@@ -12,7 +12,7 @@ from .errors import COMMAND_NOT_FOUND, CommandError
 from .table import ENUMS, find_qmp_command
 
 INT64_MIN = -INT64_MAX - 1
-_TYPE_WORDS = {"str": "string", "int": "integer", "bool": "boolean"}
+_TYPE_WORDS = {"str": "string", "int": "integer", "bool": "boolean", "object": "object"}
 
 
 def schema_of(name: str) -> dict:
@@ -60,6 +60,8 @@ def check_value(member: str, type_, value) -> None:
         ok = isinstance(value, str)
     elif type_ == "bool":
         ok = isinstance(value, bool)
+    elif type_ == "object":
+        ok = isinstance(value, dict)
     elif type_ == "int":
         ok = (isinstance(value, int) and not isinstance(value, bool)
               and INT64_MIN <= value <= INT64_MAX)

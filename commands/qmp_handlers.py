@@ -6,7 +6,6 @@ entry's schema and calls it.  Job-starting commands live in their own modules
 (``block_stream``, later mirror, commit, backup) on ``commands.block_jobs``.
 """
 from images.errors import JobError
-from images.guest_io import GuestView
 
 from . import block_info
 from .errors import CommandError, QemuIoFailed
@@ -86,15 +85,16 @@ def human_monitor_command(core, args):
 
 
 def qemu_io(core, args):
-    device = core.devices.device(args["device"])
-    if device is None:  # a node name: no device switch can race with it
-        output, ok = run_qemu_io(GuestView(core.active_image(args["device"])), args["command"])
-    else:
-        with device.io_lock:
-            output, ok = run_qemu_io(GuestView(device.top), args["command"])
+    # The same guest path as NBD clients: the device's current top, counted in blockstats.
+    output, ok = run_qemu_io(core.backend(args["device"]), args["command"])
     if not ok:
         raise QemuIoFailed(output)
     return output
+
+
+def query_blockstats(core, args):
+    return [{"device": dev.name, "node-name": dev.top.node_name, "stats": dev.stats.snapshot()}
+            for dev in core.devices.devices()]
 
 
 def block_map(core, args):

@@ -175,6 +175,8 @@ def test_info_alone_and_help_info_list_the_subcommands():
         "disk, shaded by how much of it (blockmon)",
         "info dirty-bitmaps [device] -- show the dirty bitmaps of each node of one block device "
         "or all block devices (blockmon)",
+        "info blockstats  -- show block device statistics",
+        "info block-exports  -- show the NBD server, its exports and their clients (blockmon)",
     ]
 
 
