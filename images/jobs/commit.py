@@ -36,19 +36,10 @@ def committed_extents(top, base, offset, length):
     return [run for run in extents_above(top, base, offset, length) if run.kind != UNALLOCATED]
 
 
-def commit_window(top, base, offset, window, step):
-    """Copy at most ``step`` bytes of the first committed range in [offset,
-    offset+window) into base; returns (bytes advanced, bytes copied, base ranges
-    written kernel-side).  Holds base's lock for the copy: guest reads of base wait."""
-    extents = committed_extents(top, base, offset, window)
-    if not extents:
-        return window, 0, []
-    start = max(offset, extents[0].offset // base.cluster_size * base.cluster_size)
-    end = min(offset + window, start + step)
+def _copy_into_base(top, base, extents):
+    """Copy committed extents into base; holds base's lock (guest reads of base wait)."""
     with base.lock:
-        copied, written = copy_extents(base, [base] + chain_of(top),
-                                       clipped(extents, start, end), overwrite=True)
-    return end - offset, copied, written
+        return copy_extents(base, [base] + chain_of(top), extents, overwrite=True)
 
 
 def reopen_for_writing(image):
@@ -93,9 +84,16 @@ class CommitJob(RangeCopyJob):
 
     # -- the body ------------------------------------------------------------
     def copy_window(self, offset, window, step):
-        advance, copied, written = commit_window(self.top, self.base, offset, window, step)
+        extents = self.plan(lambda at, n: committed_extents(self.top, self.base, at, n),
+                            offset, window, step)
+        if not extents:
+            return window, 0
+        start = max(offset, extents[0].offset // self.base.cluster_size * self.base.cluster_size)
+        end = min(offset + window, start + step)
+        self.attempted = (start, end)
+        copied, written = _copy_into_base(self.top, self.base, clipped(extents, start, end))
         self.writeback.start_all(self.base.data_fd(), written)
-        return advance, copied
+        return end - offset, copied
 
     def after_copy(self):
         """fsync base before prepare, which holds the overlay's lock for its flushes."""
@@ -139,10 +137,9 @@ def commit_to_backing(top, chunk=4 * 1024 * 1024):
         if was_read_only:
             reopen_for_writing(base)
         try:
-            offset = 0
-            while offset < top.virtual_size:
-                offset += commit_window(top, base, offset,
-                                        min(chunk, top.virtual_size - offset), chunk)[0]
+            for offset in range(0, top.virtual_size, chunk):
+                length = min(chunk, top.virtual_size - offset)
+                _copy_into_base(top, base, committed_extents(top, base, offset, length))
             base.flush()
             top.make_empty()
             top.flush()

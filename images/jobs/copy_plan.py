@@ -48,10 +48,19 @@ def work_extents(top, base, offset: int, length: int) -> List[Run]:
     layer decides (DATA or ZERO): what a stream of [offset, offset+length) must copy.
     Depths count from ``top.backing``.  Caller holds ``top.lock``."""
     work = []
+    backing_end = top.backing.virtual_size
     for run in top.block_status(offset, length):
-        if run.kind == UNALLOCATED:
-            work.extend(e for e in extents_above(top.backing, base, run.offset, run.length)
+        if run.kind != UNALLOCATED:
+            continue
+        split = max(run.offset, min(run.end, backing_end))
+        if split > run.offset:
+            work.extend(e for e in extents_above(top.backing, base, run.offset, split - run.offset)
                         if e.kind != UNALLOCATED)
+        # Past the end of a shorter backing image the top reads zeros (QEMU's rule).
+        # Only a longer new backing file could show other bytes there: write zeros then.
+        zero_end = min(run.end, base.virtual_size) if base is not None else split
+        if zero_end > split:
+            work.append(Run(ZERO, split, zero_end - split))
     return work
 
 

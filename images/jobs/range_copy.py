@@ -27,6 +27,7 @@ class RangeCopyJob(BlockJob):
         self.chunk_size = chunk_size
         self.batch_size = max(batch_size, chunk_size)
         self.writeback = Writeback()
+        self.attempted = (0, 0)     # the range the current step works on
 
     @property
     def nothing_to_copy(self) -> bool:
@@ -38,28 +39,56 @@ class RangeCopyJob(BlockJob):
             return
         self.before_copy()
         length = self.len
-        offset, window = 0, self.batch_size
+        offset, window, narrow_end = 0, self.batch_size, 0
         while offset < length:
             if not self.checkpoint():
                 return
-            # Small steps keep a rate limit accurate; big ones amortise the planning.
-            step = self.chunk_size if self.speed else self.batch_size
-            window = max(window, step)
+            # Small steps keep a rate limit accurate and pin a failure down to QEMU's
+            # chunk; big ones amortise the planning.
+            narrow = offset < narrow_end
+            step = self.chunk_size if self.speed or narrow else self.batch_size
+            window = step if narrow else max(window, step)
             started = time.monotonic()
             try:
                 advance, copied = self.copy_window(offset, min(window, length - offset), step)
-            except ImageIOError as err:
-                action = self.error_action(err)
-                if action == "retry":
+            except ImageIOError as err:   # corrupt metadata too: EIO, as in QEMU
+                start, end = self.attempted
+                if end - start > self.chunk_size:
+                    narrow_end = end      # redo a failed batch in QEMU's chunks first
                     continue
-                if action != "ignore":
-                    raise
-                advance, copied = min(step, length - offset), 0
+                advance = self._apply_policy(err, offset, end)
+                if advance is None:
+                    continue
+                copied = 0
             window = next_window(window, step, advance, time.monotonic() - started)
             self.account_copied(copied)
             self.progress(advance)
             offset += advance
         self.after_copy()
+
+    def _apply_policy(self, err, offset, end):
+        """on-error for the chunk [.., end) that failed: None to retry it (stop, then
+        resumed), the bytes to skip (ignore), or the error raised again (report)."""
+        action = self.error_action(err)
+        if action == "retry":
+            return None
+        if action != "ignore":
+            raise err
+        # Skip the chunk; it is never empty, so the job moves on where QEMU 7.2's
+        # stream_run loops on the same offset for ever.
+        return end - offset
+
+    def plan(self, planner, offset, window, step):
+        """``planner(offset, length)`` over the window; when the look-ahead past this step
+        meets metadata that cannot be read, plan this step alone, so that the error (if
+        it is in this step) is reported for the range the job is really copying now."""
+        self.attempted = (offset, offset + min(window, step))
+        try:
+            return planner(offset, window)
+        except ImageIOError:
+            if window <= step:
+                raise
+        return planner(offset, step)
 
     # -- what a kind supplies -------------------------------------------------------
     def before_copy(self):
@@ -70,5 +99,6 @@ class RangeCopyJob(BlockJob):
 
     def copy_window(self, offset, window, step):
         """Copy at most ``step`` bytes from the first range of [offset, offset+window)
-        that needs copying; returns (bytes advanced, bytes copied)."""
+        that needs copying; returns (bytes advanced, bytes copied).  Sets ``attempted``
+        to the range it works on (``plan`` does, first), for the error path."""
         raise NotImplementedError

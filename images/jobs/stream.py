@@ -82,11 +82,13 @@ class StreamJob(RangeCopyJob):
         """
         top = self.top
         with top.lock:
-            extents = work_extents(top, self.base, offset, window)
+            extents = self.plan(lambda at, n: work_extents(top, self.base, at, n),
+                                offset, window, step)
             if not extents:
                 return window, 0
             start = max(offset, extents[0].offset // top.cluster_size * top.cluster_size)
             end = min(offset + window, start + step)
+            self.attempted = (start, end)
             copied, written = copy_extents(top, chain_of(top), clipped(extents, start, end))
             fd = top.data_fd() if written else -1
         self.writeback.start_all(fd, written)   # outside the lock: guest I/O goes on
