@@ -76,7 +76,8 @@ class HmpInterpreter:
         except QemuIoFailed as err:
             return HmpResult(err.text, False)
         except (CommandError, BlockError) as err:
-            return HmpResult("Error: %s\n" % qmp_error(err)["desc"], False)
+            hint = "%s\n" % err.hint if getattr(err, "hint", None) else ""
+            return HmpResult("Error: %s\n%s" % (qmp_error(err)["desc"], hint), False)
 
     # -- console-bound defaults (the monitor overrides them) ---------------------------
     def _wait(self, args: dict) -> str:

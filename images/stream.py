@@ -11,6 +11,8 @@ On success the top is flushed *before* its header stops naming the old backing
 file (the data must be durable first), then the backing reference is rewritten to
 ``base`` (or dropped) and flushed again.  On cancel or error nothing but the copied
 clusters changes; they equal what the chain returned, so the image stays right.
+While it runs the job holds QEMU's lock bytes of a stream on the top (images/locking.py)
+and gives them back when it ends.
 """
 import os
 import time
@@ -21,6 +23,7 @@ from .copy_engine import (Writeback, clipped, copy_batch, fast_path_top, next_wi
 from .driver import UNALLOCATED, ZERO
 from .errors import ImageIOError
 from .jobs import Job
+from .locking import JOB_WRITER
 
 STREAM_CHUNK = 512 * 1024          # QEMU's chunk: the step while a speed is set
 STREAM_BATCH = 4 * 1024 * 1024     # the step at full speed: one lock hold each (guest p99)
@@ -77,6 +80,9 @@ class StreamJob(Job):
             return
         if self._was_read_only:
             top.set_read_only(False)
+        # QEMU's stream holds more on its top while it runs (a backing file whose
+        # header it rewrites included): bytes 100-103; clean() gives them back.
+        top.claim_permissions(self, JOB_WRITER)
         length = self.len
         offset, window = 0, self.batch_size
         while offset < length:
@@ -162,6 +168,7 @@ class StreamJob(Job):
             top.backing = self.base
 
     def clean(self):
+        self.top.release_permissions(self)
         if self._was_read_only and not self.top.read_only:
             self.top.set_read_only(True)
         if self._on_finished is not None:
