@@ -143,8 +143,11 @@ def _open_backing(chain: List[BlockImage], seen: set, read_only: bool, drivers,
     try:
         image = _open_layer(target, parent.backing_format or None, read_only, drivers,
                             *lock_options)
-    except ImageLockError as err:     # QEMU's words, and its hint
-        raise ImageLockError("Could not open backing file: " + err.desc, err.path) from err
+    except ImageLockError as err:
+        # QEMU's words and hint; it opens backing files recursively, so each level
+        # between the top and this file says it once more.
+        raise ImageLockError("Could not open backing file: " * len(chain) + err.desc,
+                             err.path) from err
     except ImageError as err:
         raise _backing_error(chain, name, _reason(err, target)) from err
     seen.add(identity)

@@ -21,7 +21,7 @@ from .chain import chain_of
 from .copy_engine import (Writeback, clipped, copy_batch, fast_path_top, next_window, plan_batch,
                           work_extents)
 from .driver import UNALLOCATED, ZERO
-from .errors import ImageIOError
+from .errors import BlockError, ImageIOError
 from .jobs import Job
 from .locking import JOB_WRITER
 
@@ -73,16 +73,40 @@ class StreamJob(Job):
         if not self.nothing_to_stream:
             self.set_len(top.virtual_size)
 
+    # -- rights on the top ---------------------------------------------------
+    def start(self):
+        """QEMU's stream_start reopens the top read-write and takes the job's rights
+        (a backing file whose header the job rewrites included) before block-stream
+        returns: a conflict with another process refuses the command and no job is
+        left.  clean() gives them back."""
+        with self._lock:
+            self.create()
+        try:
+            self._take_rights()
+        except BlockError:
+            with self._lock:
+                self._transition("null")
+            if self._on_finished is not None:
+                self._on_finished(self)
+            raise
+        super().start()
+
+    def _take_rights(self):
+        top = self.top
+        if self._was_read_only:
+            top.set_read_only(False)
+        try:
+            top.claim_permissions(self, JOB_WRITER)
+        except BaseException:
+            if self._was_read_only:
+                top.set_read_only(True)
+            raise
+
     # -- the body ------------------------------------------------------------
     def run(self):
         top = self.top
         if self.nothing_to_stream:
             return
-        if self._was_read_only:
-            top.set_read_only(False)
-        # QEMU's stream holds more on its top while it runs (a backing file whose
-        # header it rewrites included): bytes 100-103; clean() gives them back.
-        top.claim_permissions(self, JOB_WRITER)
         length = self.len
         offset, window = 0, self.batch_size
         while offset < length:
