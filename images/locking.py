@@ -17,6 +17,7 @@ same role, read from /proc/locks while ``qemu-system-x86_64 -drive`` held a chai
 """
 import errno
 import fcntl
+import functools
 import os
 import struct
 from typing import NamedTuple, Optional
@@ -72,6 +73,7 @@ def _flock(fd: int, command: int, lock_type: int, offset: int) -> int:
     return _FLOCK.unpack(answer)[0]
 
 
+@functools.lru_cache(maxsize=None)
 def ofd_locks_available() -> bool:
     """QEMU's qemu_has_ofd_lock: without OFD locks, locking=auto means no locks."""
     try:
@@ -163,18 +165,19 @@ class FileLock:
     def _check(self, wanted: Permissions) -> None:
         """raw_check_lock_bytes: the first conflict in QEMU's order names the permission."""
         for bit in _bits(wanted.perm):
-            if self._locked_by_others(RAW_LOCK_SHARED_BASE + bit):
-                raise self._error('Failed to get "%s" lock' % PERM_NAMES[bit])
+            self._test(RAW_LOCK_SHARED_BASE + bit, 'Failed to get "%s" lock' % PERM_NAMES[bit])
         for bit in _bits(~wanted.shared):
-            if self._locked_by_others(RAW_LOCK_PERM_BASE + bit):
-                raise self._error('Failed to get shared "%s" lock' % PERM_NAMES[bit])
+            self._test(RAW_LOCK_PERM_BASE + bit,
+                       'Failed to get shared "%s" lock' % PERM_NAMES[bit])
 
-    def _locked_by_others(self, offset: int) -> bool:
+    def _test(self, offset: int, text: str) -> None:
+        """qemu_lock_fd_test: would an exclusive lock on the byte conflict with anyone's?"""
         try:
-            return _flock(self.fd, F_OFD_GETLK, fcntl.F_WRLCK, offset) != fcntl.F_UNLCK
+            found = _flock(self.fd, F_OFD_GETLK, fcntl.F_WRLCK, offset)
         except OSError as err:
-            raise self._error('Failed to get "%s" lock' % PERM_NAMES[offset % 100],
-                              err.errno) from err
+            raise self._error(text, err.errno) from err
+        if found != fcntl.F_UNLCK:
+            raise self._error(text)
 
     def _lock(self, offset: int) -> None:
         try:

@@ -208,6 +208,9 @@ def test_qemu_tools_refuse_what_blockmon_writes_and_info_u_reads(chain):
         write_base = tool("qemu-io", "-c", "write 0 512", "B.qcow2", cwd=chain)
         shared = tool("qemu-img", "info", "-U", "D.qcow2", cwd=chain)
         read_base = tool("qemu-io", "-r", "-c", "read -P 0xbb 0 512", "B.qcow2", cwd=chain)
+        # qemu-nbd would serve until killed if it got the image; refused, it exits at once
+        nbd = tool("qemu-nbd", "-r", "-f", "qcow2", "-k", os.path.join(chain, "nbd.sock"),
+                   "D.qcow2", cwd=chain)
         status, vm_text = qemu_refusal(chain, "file=D.qcow2,if=none,id=d0")
         after = sums(chain)
     finally:
@@ -221,6 +224,8 @@ def test_qemu_tools_refuse_what_blockmon_writes_and_info_u_reads(chain):
     assert shared.returncode == 0 and "backing file: C.qcow2" in shared.stdout
     assert read_base.returncode == 0, read_base.stdout + read_base.stderr   # backing files are shared
     assert (status, vm_text) == (1, "%s\n%s\n" % (WRITE_HELD, hint("D.qcow2")))
+    assert (nbd.returncode, nbd.stderr) == (1, "qemu-nbd: Failed to blk_new_open 'D.qcow2': "
+                                            "%s\n%s\n" % (SHARED_HELD, hint("D.qcow2")))
     assert after == before
 
 
