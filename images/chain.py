@@ -115,7 +115,7 @@ def open_image(path: str, format: Optional[str] = None, read_only: bool = False,
         while chain[-1].backing_name:
             names.append(qemu_path_combine(names[-1], chain[-1].backing_name))
             chain.append(_open_backing(chain, seen, backing_read_only, drivers,
-                                       (locking, names[-1])))
+                                       locking=locking, filename=names[-1]))
     except BaseException:
         for image in chain:
             image.close()
@@ -124,9 +124,9 @@ def open_image(path: str, format: Optional[str] = None, read_only: bool = False,
 
 
 def _open_backing(chain: List[BlockImage], seen: set, read_only: bool, drivers,
-                  lock_options=(True, None)) -> BlockImage:
-    """Open the backing file of ``chain[-1]``, link it, and return it.
-    ``lock_options`` is (locking, the file's name for lock errors)."""
+                  locking: bool = True, filename: Optional[str] = None) -> BlockImage:
+    """Open (and lock, unless ``locking`` is false) the backing file of ``chain[-1]``,
+    link it, and return it; ``filename`` names it in lock errors."""
     parent = chain[-1]
     name, target = parent.backing_name, resolve_backing_path(parent)
     try:
@@ -142,7 +142,7 @@ def _open_backing(chain: List[BlockImage], seen: set, read_only: bool, drivers,
                          chain=[image.path for image in chain], path=target)
     try:
         image = _open_layer(target, parent.backing_format or None, read_only, drivers,
-                            *lock_options)
+                            locking, filename)
     except ImageLockError as err:
         # QEMU's words and hint; it opens backing files recursively, so each level
         # between the top and this file says it once more.
