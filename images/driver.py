@@ -14,9 +14,12 @@ role its mode gives it (read-only or read-write) plus what jobs claim on top
 """
 import threading
 from dataclasses import dataclass
-from typing import Dict, List, Optional
+from typing import Dict, List, NamedTuple, Optional
 
 from .locking import READ_ONLY, READ_WRITE, FileLock, Permissions
+
+# The image formats blockmon opens and creates (QEMU's driver names): the one list.
+FORMATS = ("qcow2", "raw")
 
 DATA = "data"              # this layer holds the bytes
 ZERO = "zero"              # this layer says: reads as zero (qcow2 zero flag)
@@ -40,6 +43,16 @@ class Run:
     @property
     def end(self) -> int:
         return self.offset + self.length
+
+
+class Piece(NamedTuple):
+    """For a batch copy: bytes [guest, guest+length) of the target come from ``fd`` at
+    ``source``; ``depth`` is the layer below the target that holds them."""
+    guest: int
+    length: int
+    fd: int
+    source: int
+    depth: int
 
 
 class BlockImage:
@@ -133,6 +146,21 @@ class BlockImage:
         raise NotImplementedError
 
     def close(self) -> None:
+        raise NotImplementedError
+
+    # -- direct access for the kernel-side copy --------------------------------
+    def data_fd(self) -> Optional[int]:
+        """The file descriptor whose bytes at a DATA run's host offset are the data, or
+        None when the image must be read through ``read`` (wrappers, other formats)."""
+        return None
+
+    def takes_batch_copy(self) -> bool:
+        """True if ``copy_batch`` may be called now (a plain, writable image file)."""
+        return False
+
+    def copy_batch(self, pieces: List[Piece]):
+        """Copy whole, unallocated clusters from other files into one new host run;
+        returns (host_offset, length).  Only when ``takes_batch_copy()``."""
         raise NotImplementedError
 
     def info(self) -> dict:
