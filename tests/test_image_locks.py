@@ -14,7 +14,7 @@ import sys
 import pytest
 
 from conftest import ROOT, connect_when_listening, require_qemu_system
-from qmp_fakes import QmpEventClient, job_ended, remove_tree, short_tempdir
+from qmp_clients import QmpEventClient, job_ended, remove_tree, short_tempdir
 
 LIMIT = 120                   # seconds for a peer to start or stop, however slow the machine
 MiB = 1 << 20
