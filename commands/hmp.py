@@ -18,6 +18,10 @@ from . import hmp_info as info_text
 from .args import _SPACE, ParseError, parse_arguments
 from .errors import CommandError, QemuIoFailed, qmp_error
 from .table import HMP_COMMANDS, INFO_COMMANDS, HmpCommand, find_command
+# Adapters written beside their commands, found by name like the ones below.
+from .backup import hmp_drive_backup  # noqa: F401
+from .bitmaps import (hmp_block_dirty_bitmap_add, hmp_block_dirty_bitmap_clear,  # noqa: F401
+                      hmp_block_dirty_bitmap_remove, hmp_info_dirty_bitmaps)
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,8 @@ here by reference; ``BlockCore.execute`` validates the arguments against the
 entry's schema and calls it.  Job-starting commands live in their own modules
 (``block_stream``, later mirror, commit, backup) on ``commands.block_jobs``.
 """
+from images.guest_io import GuestView
+
 from . import block_info
 from .errors import QemuIoFailed
 from .hmp import HmpInterpreter
@@ -74,10 +76,10 @@ def human_monitor_command(core, args):
 def qemu_io(core, args):
     device = core.devices.device(args["device"])
     if device is None:  # a node name: no device switch can race with it
-        output, ok = run_qemu_io(core.active_image(args["device"]), args["command"])
+        output, ok = run_qemu_io(GuestView(core.active_image(args["device"])), args["command"])
     else:
         with device.io_lock:
-            output, ok = run_qemu_io(device.top, args["command"])
+            output, ok = run_qemu_io(GuestView(device.top), args["command"])
     if not ok:
         raise QemuIoFailed(output)
     return output

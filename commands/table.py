@@ -62,6 +62,10 @@ INFO_COMMANDS: Tuple[HmpCommand, ...] = (
                "show which image of the backing chain holds each part of the disk: "
                "'#' data, '0' zero, '.' unallocated, '+' mixed (blockmon)",
                qmp="x-blockmon-block-map", ours=True),
+    HmpCommand("dirty-bitmaps", "device:B?", "[device]",
+               "show the dirty bitmaps of each node of one block device or all block devices "
+               "(blockmon)", qmp="x-blockmon-query-dirty-bitmaps", ours=True,
+               complete={"device": "devices"}),
 )
 
 HMP_COMMANDS: Tuple[HmpCommand, ...] = (
@@ -101,10 +105,37 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
                qmp="blockdev-snapshot-sync",
                complete={"device": "devices", "snapshot-file": "files", "format": "formats"}),
     # -d (qdev id) is accepted for compatibility: our device ids are the drive names.
+    HmpCommand("drive_backup", "reuse:-n,full:-f,compress:-c,device:B,target:s,format:s?",
+               "[-n] [-f] [-c] device target [format]",
+               "initiates a point-in-time\n\t\t\t"
+               "copy for a device. The device's contents are\n\t\t\t"
+               "copied to the new image file, excluding data that\n\t\t\t"
+               "is written after the command is started.\n\t\t\t"
+               "The -n flag requests QEMU to reuse the image found\n\t\t\t"
+               "in new-image-file, instead of recreating it from scratch.\n\t\t\t"
+               "The -f flag requests QEMU to copy the whole disk,\n\t\t\t"
+               "so that the result does not need a backing file.\n\t\t\t"
+               "The -c flag requests QEMU to compress backup data\n\t\t\t"
+               "(if the target format supports it).\n\t\t\t",
+               qmp="drive-backup",
+               complete={"device": "devices", "target": "files", "format": "formats"}),
     HmpCommand("qemu-io", "qdev:-d,device:B,command:s", "[-d] [device] \"[command]\"",
                "run a qemu-io command on a block device\n\t\t\t"
                "-d: [device] is a device ID rather than a drive ID or node name",
                qmp="x-blockmon-qemu-io", complete={"command": "qemu-io"}),
+    HmpCommand("block_dirty_bitmap_add", "persistent:-p,disabled:-d,device:B,name:s,granularity:o?",
+               "[-p] [-d] device name [granularity]",
+               "add a dirty bitmap to a block device or node: it records\n\t\t\t"
+               "what the guest writes from now on (-p: stored in the\n\t\t\t"
+               "qcow2 file, -d: not recording yet; granularity with a\n\t\t\t"
+               "suffix, e.g. 64k) (blockmon)",
+               qmp="block-dirty-bitmap-add", ours=True, complete={"device": "devices"}),
+    HmpCommand("block_dirty_bitmap_remove", "device:B,name:s", "device name",
+               "remove a dirty bitmap (from the qcow2 file too) (blockmon)",
+               qmp="block-dirty-bitmap-remove", ours=True, complete={"device": "devices"}),
+    HmpCommand("block_dirty_bitmap_clear", "device:B,name:s", "device name",
+               "clear a dirty bitmap: nothing is dirty (blockmon)",
+               qmp="block-dirty-bitmap-clear", ours=True, complete={"device": "devices"}),
     HmpCommand("info", "item:s?", "[subcommand]",
                "show various information about the system state",
                sub_table=INFO_COMMANDS, complete={"item": "info"}),
@@ -118,10 +149,13 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
 
 # -- QMP commands: name, argument schema, handler -------------------------------------------
 # A schema maps argument name -> type; '*' marks optional (QAPI notation); a type is
-# "str", "int", "bool", an enum name of ENUMS, or [type].
+# "str", "int", "bool", an enum name of ENUMS, [type], or "any" (an alternate such as
+# BlockDirtyBitmapOrStr, which the handler checks).
 ENUMS: Dict[str, Tuple[str, ...]] = {
     "BlockdevOnError": ON_ERROR_POLICIES,
     "NewImageMode": ("existing", "absolute-paths"),
+    "MirrorSyncMode": ("top", "full", "none", "incremental", "bitmap"),
+    "BitmapSyncMode": ("on-success", "never", "always"),
 }
 
 
@@ -143,6 +177,14 @@ _STREAM_SCHEMA = {
     "*backing-file": "str", "*speed": "int", "*on-error": "BlockdevOnError",
     "*auto-finalize": "bool", "*auto-dismiss": "bool",
 }
+_BACKUP_SCHEMA = {
+    "*job-id": "str", "device": "str", "sync": "MirrorSyncMode", "*speed": "int",
+    "*bitmap": "str", "*bitmap-mode": "BitmapSyncMode", "*compress": "bool",
+    "*on-source-error": "BlockdevOnError", "*on-target-error": "BlockdevOnError",
+    "*auto-finalize": "bool", "*auto-dismiss": "bool", "target": "str",
+    "*format": "str", "*mode": "NewImageMode",
+}
+_BITMAP = {"node": "str", "name": "str"}
 _SNAPSHOT_SCHEMA = {
     "*device": "str", "*node-name": "str", "snapshot-file": "str",
     "*snapshot-node-name": "str", "*format": "str", "*mode": "NewImageMode",
@@ -171,6 +213,17 @@ QMP_COMMANDS: Tuple[QmpCommand, ...] = (
                {"command-line": "str", "*cpu-index": "int"}),
     QmpCommand("x-blockmon-qemu-io", "qmp_handlers.qemu_io", {"device": "str", "command": "str"}),
     QmpCommand("x-blockmon-block-map", "qmp_handlers.block_map", {"device": "str"}),
+    QmpCommand("drive-backup", "backup.drive_backup", _BACKUP_SCHEMA),
+    QmpCommand("block-dirty-bitmap-add", "bitmaps.add",
+               dict(_BITMAP, **{"*granularity": "int", "*persistent": "bool",
+                                "*disabled": "bool"})),
+    QmpCommand("block-dirty-bitmap-remove", "bitmaps.remove", _BITMAP),
+    QmpCommand("block-dirty-bitmap-clear", "bitmaps.clear", _BITMAP),
+    QmpCommand("block-dirty-bitmap-enable", "bitmaps.enable", _BITMAP),
+    QmpCommand("block-dirty-bitmap-disable", "bitmaps.disable", _BITMAP),
+    QmpCommand("block-dirty-bitmap-merge", "bitmaps.merge",
+               {"node": "str", "target": "str", "bitmaps": ["any"]}),
+    QmpCommand("x-blockmon-query-dirty-bitmaps", "bitmaps.query"),
     QmpCommand("quit", "qmp_handlers.quit"),
 )
 

@@ -18,6 +18,8 @@ from typing import Dict, List, NamedTuple, Optional
 
 from .locking import READ_ONLY, READ_WRITE, FileLock, Permissions
 
+from .dirty_bitmap import NodeBitmaps
+
 # The image formats blockmon opens and creates (QEMU's driver names): the one list.
 FORMATS = ("qcow2", "raw")
 
@@ -68,6 +70,10 @@ class BlockImage:
         self.backing_name: Optional[str] = None    # the string stored in the header
         self.backing_format: Optional[str] = None  # the format stored in the header
         self.node_name: Optional[str] = None       # set by whoever names the nodes
+        self.dirty_bitmaps = NodeBitmaps()         # QEMU's bs->dirty_bitmaps
+        # Called as f(offset, length) before each guest write, zero write or discard
+        # (guest_io.GuestView): a backup copies the old data out first.
+        self.before_guest_write: list = []
         self.virtual_size = 0
         self.cluster_size = 512
         self.file_lock: Optional[FileLock] = None    # the lock bytes of the open file

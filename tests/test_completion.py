@@ -45,7 +45,7 @@ def complete_line(line, core=None):
     ("block_j", "block_j", ["block_job_cancel", "block_job_complete", "block_job_pause",
                             "block_job_resume", "block_job_set_speed", "block_job_wait"]),
     ("inf", "inf", ["info"]),
-    ("info ", "", ["block", "block-jobs", "blockmap", "version"]),
+    ("info ", "", ["block", "block-jobs", "blockmap", "dirty-bitmaps", "version"]),
     ("info bl", "bl", ["block", "block-jobs", "blockmap"]),
     ("info block ", "", ["ide0-hd0", "virtio0"]),
     ("info blockmap ", "", ["A", "B", "C", "D", "disk", "ide0-hd0", "virtio0"]),

@@ -173,6 +173,8 @@ def test_info_alone_and_help_info_list_the_subcommands():
         "info block-jobs  -- show progress of ongoing block device operations",
         "info blockmap [device] -- show which image of the backing chain holds each part of the "
         "disk: '#' data, '0' zero, '.' unallocated, '+' mixed (blockmon)",
+        "info dirty-bitmaps [device] -- show the dirty bitmaps of each node of one block device "
+        "or all block devices (blockmon)",
     ]
 
 
