@@ -10,6 +10,7 @@ import threading
 
 from images.chain import chain_of, open_image
 
+from .block_backend import IoStats
 from .errors import CommandError
 
 
@@ -32,6 +33,7 @@ class Device:
         # Held for each guest request and for a switch of ``top``: a request that
         # picked the old top finishes before the switch, never after it.
         self.io_lock = threading.RLock()
+        self.stats = IoStats()  # every guest request, whichever client sent it
 
 
 class DeviceTable:

@@ -59,13 +59,17 @@ INFO_COMMANDS: Tuple[HmpCommand, ...] = (
     HmpCommand("block-jobs", "", "", "show progress of ongoing block device operations",
                qmp="query-block-jobs"),
     HmpCommand("blockmap", "device:B?", "[device]",
-               "show which image of the backing chain holds each part of the disk: "
-               "'#' data, '0' zero, '.' unallocated, '+' mixed (blockmon)",
+               "show which image of the backing chain holds each part of the disk, "
+               "shaded by how much of it (blockmon)",
                qmp="x-blockmon-block-map", ours=True),
     HmpCommand("dirty-bitmaps", "device:B?", "[device]",
                "show the dirty bitmaps of each node of one block device or all block devices "
                "(blockmon)", qmp="x-blockmon-query-dirty-bitmaps", ours=True,
                complete={"device": "devices"}),
+    HmpCommand("blockstats", "", "", "show block device statistics", qmp="query-blockstats"),
+    HmpCommand("block-exports", "", "",
+               "show the NBD server, its exports and their clients (blockmon)",
+               qmp="x-blockmon-query-exports", ours=True),
 )
 
 HMP_COMMANDS: Tuple[HmpCommand, ...] = (
@@ -136,6 +140,17 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
     HmpCommand("block_dirty_bitmap_clear", "device:B,name:s", "device name",
                "clear a dirty bitmap: nothing is dirty (blockmon)",
                qmp="block-dirty-bitmap-clear", ours=True, complete={"device": "devices"}),
+    # QEMU's params strings start with the command name: its help prints the name twice.
+    HmpCommand("nbd_server_start", "all:-a,writable:-w,uri:s",
+               "nbd_server_start [-a] [-w] host:port",
+               "serve block devices on the given host and port", qmp="nbd-server-start"),
+    HmpCommand("nbd_server_add", "writable:-w,device:B,name:s?", "nbd_server_add [-w] device [name]",
+               "export a block device via NBD", qmp="nbd-server-add",
+               complete={"device": "devices"}),
+    HmpCommand("nbd_server_remove", "force:-f,name:s", "nbd_server_remove [-f] name",
+               "remove an export previously exposed via NBD", qmp="nbd-server-remove"),
+    HmpCommand("nbd_server_stop", "", "nbd_server_stop",
+               "stop serving block devices using the NBD protocol", qmp="nbd-server-stop"),
     HmpCommand("info", "item:s?", "[subcommand]",
                "show various information about the system state",
                sub_table=INFO_COMMANDS, complete={"item": "info"}),
@@ -149,13 +164,16 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
 
 # -- QMP commands: name, argument schema, handler -------------------------------------------
 # A schema maps argument name -> type; '*' marks optional (QAPI notation); a type is
-# "str", "int", "bool", an enum name of ENUMS, [type], or "any" (an alternate such as
-# BlockDirtyBitmapOrStr, which the handler checks).
+# "str", "int", "bool", "object" (a JSON object the handler checks), an enum name of
+# ENUMS, [type], or "any" (an alternate such as BlockDirtyBitmapOrStr, which the
+# handler checks).
 ENUMS: Dict[str, Tuple[str, ...]] = {
     "BlockdevOnError": ON_ERROR_POLICIES,
     "NewImageMode": ("existing", "absolute-paths"),
     "MirrorSyncMode": ("top", "full", "none", "incremental", "bitmap"),
     "BitmapSyncMode": ("on-success", "never", "always"),
+    "BlockExportRemoveMode": ("safe", "hard"),
+    "BlockExportType": ("nbd",),
 }
 
 
@@ -190,6 +208,12 @@ _SNAPSHOT_SCHEMA = {
     "*snapshot-node-name": "str", "*format": "str", "*mode": "NewImageMode",
 }
 
+_EXPORT_SCHEMA = {
+    "type": "BlockExportType", "id": "str", "*fixed-iothread": "bool", "*iothread": "str",
+    "node-name": "str", "*writable": "bool", "*writethrough": "bool", "*name": "str",
+    "*description": "str", "*bitmaps": ["str"], "*allocation-depth": "bool",
+}
+
 QMP_COMMANDS: Tuple[QmpCommand, ...] = (
     QmpCommand("qmp_capabilities", "qmp_handlers.qmp_capabilities", {"*enable": ["str"]}),
     QmpCommand("query-version", "qmp_handlers.query_version"),
@@ -207,7 +231,7 @@ QMP_COMMANDS: Tuple[QmpCommand, ...] = (
     QmpCommand("block-job-finalize", "qmp_handlers.job_finalize", {"id": "str"}),
     QmpCommand("block-job-dismiss", "qmp_handlers.job_dismiss", {"id": "str"}),
     # QEMU 3.0's generic twin of block-job-dismiss
-    QmpCommand("job-dismiss", "qmp_handlers.job_dismiss", {"id": "str"}),
+    QmpCommand("job-dismiss", "qmp_handlers.generic_job_dismiss", {"id": "str"}),
     QmpCommand("blockdev-snapshot-sync", "snapshot.snapshot_sync", _SNAPSHOT_SCHEMA),
     QmpCommand("human-monitor-command", "qmp_handlers.human_monitor_command",
                {"command-line": "str", "*cpu-index": "int"}),
@@ -225,6 +249,22 @@ QMP_COMMANDS: Tuple[QmpCommand, ...] = (
                {"node": "str", "target": "str", "bitmaps": ["any"]}),
     QmpCommand("x-blockmon-query-dirty-bitmaps", "bitmaps.query"),
     QmpCommand("quit", "qmp_handlers.quit"),
+    QmpCommand("query-blockstats", "qmp_handlers.query_blockstats", {"*query-nodes": "bool"}),
+    # addr is QAPI's SocketAddressLegacy ({"type", "data"}); commands.exports checks inside it
+    QmpCommand("nbd-server-start", "exports.nbd_server_start",
+               {"addr": "object", "*tls-creds": "str", "*tls-authz": "str",
+                "*max-connections": "int"}),
+    QmpCommand("nbd-server-add", "exports.nbd_server_add",
+               {"device": "str", "*name": "str", "*description": "str", "*writable": "bool",
+                "*bitmap": "str"}),
+    QmpCommand("nbd-server-remove", "exports.nbd_server_remove",
+               {"name": "str", "*mode": "BlockExportRemoveMode"}),
+    QmpCommand("nbd-server-stop", "exports.nbd_server_stop"),
+    QmpCommand("block-export-add", "exports.block_export_add", _EXPORT_SCHEMA),
+    QmpCommand("block-export-del", "exports.block_export_del",
+               {"id": "str", "*mode": "BlockExportRemoveMode"}),
+    QmpCommand("query-block-exports", "exports.query_block_exports"),
+    QmpCommand("x-blockmon-query-exports", "exports.query_exports_details"),
 )
 
 

@@ -32,19 +32,21 @@ def require_qemu():
     pytest.skip(message)
 
 
-QEMU_SYSTEM_HINT = ("needs qemu-system-x86_64: apt-get update && "
-                    "apt-get install -y qemu-system-x86")
+def require_tool(name, package=None):
+    """Skip (or fail under BLOCKMON_REQUIRE_QEMU=1) unless the program ``name`` is installed."""
+    if shutil.which(name) is not None:
+        return shutil.which(name)
+    message = "%s missing; apt-get install -y %s" % (name, package or name)
+    if os.environ.get("BLOCKMON_REQUIRE_QEMU") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
 
 
 def require_qemu_system():
     """Skip (or fail under BLOCKMON_REQUIRE_QEMU=1) unless qemu-system-x86_64, qemu-img
     and qemu-io exist: the image-lock tests run the real QEMU beside blockmon."""
     require_qemu()
-    if shutil.which("qemu-system-x86_64") is not None:
-        return
-    if os.environ.get("BLOCKMON_REQUIRE_QEMU") == "1":
-        pytest.fail(QEMU_SYSTEM_HINT)
-    pytest.skip(QEMU_SYSTEM_HINT)
+    require_tool("qemu-system-x86_64", "qemu-system-x86")
 
 
 def run(*argv, check=True, **kw):

@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass
 from typing import List, Optional
 
-from .format import image_error
+from .format import image_error, qemu_refusal
 
 QCOW2_AUTOCLEAR_BITMAPS = 1 << 0      # autoclear bit 0: the extension data is consistent
 QCOW2_MAX_BITMAPS = 65535
@@ -65,23 +65,29 @@ class BitmapEntry:
         return {"flags": flags, "name": self.name, "granularity": 1 << self.granularity_bits}
 
 
-def parse_ext(data: bytes, cluster_size: int, path: str) -> BitmapsExt:
-    """The extension's fields, refused as QEMU refuses them at open."""
+def check_ext_length(data: bytes, path: str) -> None:
+    """QEMU checks the length before it looks at the autoclear bit."""
     if len(data) != BITMAPS_EXT.size:
-        raise image_error(path, "bitmaps_ext: Invalid extension length", len(data))
+        raise qemu_refusal(path, "bitmaps_ext: Invalid extension length", len(data))
+
+
+def parse_ext(data: bytes, cluster_size: int, path: str) -> BitmapsExt:
+    """The extension's fields, refused as QEMU's qcow2_read_extensions refuses them at
+    open, in its words ("Could not open 'PATH': bitmaps_ext: ...")."""
+    check_ext_length(data, path)
     nb, reserved, size, offset = BITMAPS_EXT.unpack(data)
     if reserved:
-        raise image_error(path, "bitmaps_ext: Reserved field is not zero", reserved)
+        raise qemu_refusal(path, "bitmaps_ext: Reserved field is not zero", reserved)
     if nb > QCOW2_MAX_BITMAPS:
-        raise image_error(path, "bitmaps_ext: Image has %d bitmaps, exceeding the QEMU "
-                          "supported maximum of %d" % (nb, QCOW2_MAX_BITMAPS), nb)
+        raise qemu_refusal(path, "bitmaps_ext: Image has %d bitmaps, exceeding the QEMU "
+                           "supported maximum of %d" % (nb, QCOW2_MAX_BITMAPS), nb)
     if nb == 0:
-        raise image_error(path, "found bitmaps extension with zero bitmaps", nb)
+        raise qemu_refusal(path, "found bitmaps extension with zero bitmaps", nb)
     if offset % cluster_size:
-        raise image_error(path, "bitmaps_ext: invalid bitmap directory offset", offset)
+        raise qemu_refusal(path, "bitmaps_ext: invalid bitmap directory offset", offset)
     if size > QCOW2_MAX_BITMAP_DIRECTORY_SIZE:
-        raise image_error(path, "bitmaps_ext: bitmap directory size (%d) exceeds the maximum "
-                          "supported size (%d)" % (size, QCOW2_MAX_BITMAP_DIRECTORY_SIZE), size)
+        raise qemu_refusal(path, "bitmaps_ext: bitmap directory size (%d) exceeds the maximum "
+                           "supported size (%d)" % (size, QCOW2_MAX_BITMAP_DIRECTORY_SIZE), size)
     return BitmapsExt(nb, size, offset)
 
 

@@ -26,7 +26,7 @@ from ..dirty_bitmap import DirtyBitmap
 from .bitmap_format import (BME_FLAG_AUTO, BME_FLAG_IN_USE, BME_TABLE_ENTRY_FLAG_ALL_ONES,
                                   BME_TABLE_ENTRY_OFFSET_MASK, QCOW2_AUTOCLEAR_BITMAPS,
                                   QCOW2_MAX_BITMAP_DIRECTORY_SIZE, QCOW2_MAX_BITMAPS, BitmapEntry,
-                                  BitmapsExt, constraints_error, entry_size, pack_directory,
+                                  BitmapsExt, check_ext_length, constraints_error, entry_size, pack_directory,
                                   parse_directory, parse_ext, parse_table, table_size)
 from .format import (MAX_HEADER_AREA_WRITE, QCOW2_EXT_MAGIC_BITMAPS,
                            QCOW2_EXT_MAGIC_FEATURE_TABLE, Qcow2Header, image_error,
@@ -42,6 +42,8 @@ class Qcow2Bitmaps:
         self._bitmap_entries: List[BitmapEntry] = []
         self._stale_bitmaps_ext = False
         data = next((d for t, d in self.header.extensions if t == QCOW2_EXT_MAGIC_BITMAPS), None)
+        if data is not None:
+            check_ext_length(data, self.path)
         if data is not None and not self.header.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS:
             self._stale_bitmaps_ext = True
         elif data is not None:

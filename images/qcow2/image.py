@@ -16,7 +16,7 @@ from ..locking import CREATE, lock_file
 from .format import (HEADER_STRUCT, MAX_BACKING_NAME, MAX_CLUSTER_BITS,
                            MAX_HEADER_AREA_WRITE, MIN_CLUSTER_BITS, QCOW2_COMPAT_LAZY_REFCOUNTS,
                            QCOW2_COMPRESSION_TYPE_ZSTD, QCOW2_EXT_MAGIC_FEATURE_TABLE, QCOW2_INCOMPAT_CORRUPT,
-                           QCOW2_INCOMPAT_DIRTY, compressed_extent,
+                           QCOW2_INCOMPAT_DIRTY, compressed_extent, corruption,
                            MAX_VIRTUAL_SIZE, Qcow2Header, feature_table, image_error, new_header,
                            pack_header_area, parse_header)
 from .bitmaps import Qcow2Bitmaps
@@ -149,10 +149,10 @@ class Qcow2Image(Qcow2Bitmaps, Qcow2Writer, BatchWriter, BlockImage):
             else:
                 data = zlib.decompressobj(-12).decompress(raw, self.cluster_size)
         except Exception as err:    # zlib.error, zstandard.ZstdError: corrupt input
-            raise image_error(self.path, "compressed cluster at %#x is corrupt (%s)"
+            raise corruption(self.path, "compressed cluster at %#x is corrupt (%s)"
                               % (coffset, err), coffset) from err
         if len(data) < self.cluster_size:
-            raise image_error(self.path, "compressed cluster at %#x decompresses to %d bytes"
+            raise corruption(self.path, "compressed cluster at %#x decompresses to %d bytes"
                               % (coffset, len(data)), coffset)
         data = data[:self.cluster_size]
         self._last_compressed = (entry, data)
