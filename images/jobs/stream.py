@@ -11,10 +11,14 @@ On success the top is flushed *before* its header stops naming the old backing
 file (the data must be durable first), then the backing reference is rewritten to
 ``base`` (or dropped) and flushed again.  On cancel or error nothing but the copied
 clusters changes; they equal what the chain returned, so the image stays right.
+While it runs the job holds QEMU's lock bytes of a stream on the top (images/locking.py)
+and gives them back when it ends.
 """
 import os
 
 from ..chain import chain_of
+from ..errors import BlockError
+from ..locking import JOB_WRITER
 from .copy_plan import clipped, copy_extents, fast_path_top, work_extents
 from .range_copy import COPY_BATCH, COPY_CHUNK, RangeCopyJob
 
@@ -66,10 +70,36 @@ class StreamJob(RangeCopyJob):
     def nothing_to_copy(self) -> bool:
         return self.nothing_to_stream
 
-    # -- the body ------------------------------------------------------------
-    def before_copy(self):
+    # -- rights on the top ---------------------------------------------------
+    def start(self):
+        """QEMU's stream_start reopens the top read-write and takes the job's rights
+        (a backing file whose header the job rewrites included) before block-stream
+        returns: a conflict with another process refuses the command and no job is
+        left.  clean() gives them back."""
+        with self._lock:
+            self.create()
+        try:
+            self._take_rights()
+        except BlockError:
+            with self._lock:
+                self._transition("null")
+            if self._on_finished is not None:
+                self._on_finished(self)
+            raise
+        super().start()
+
+    def _take_rights(self):
+        top = self.top
         if self._was_read_only:
-            self.top.set_read_only(False)
+            top.set_read_only(False)
+        try:
+            top.claim_permissions(self, JOB_WRITER)
+        except BaseException:
+            if self._was_read_only:
+                top.set_read_only(True)
+            raise
+
+    # -- the body ------------------------------------------------------------
 
     def copy_window(self, offset, window, step):
         """Find the first range in [offset, offset+window) that needs copying and copy
@@ -115,6 +145,7 @@ class StreamJob(RangeCopyJob):
             top.backing = self.base
 
     def clean(self):
+        self.top.release_permissions(self)
         if self._was_read_only and not self.top.read_only:
             self.top.set_read_only(True)
         if self._on_finished is not None:
