@@ -270,3 +270,22 @@ def test_console_completes_top_and_base_of_block_commit(chain):
         assert words("info mer") == ["merge-cost"]
     finally:
         core.shutdown()
+
+
+def test_base_holds_a_writers_locks_only_while_the_commit_runs(bm, chain):
+    """QEMU's lock bytes: while the commit writes into base, a read-only opener that
+    does not share writing is refused; once the job ended base is a plain backing
+    file again and the same opener gets in."""
+    from tests.conftest import run as run_tool
+    a = os.path.join(chain, "A.qcow2")
+
+    def read_only_open():
+        return run_tool("qemu-io", "-r", "-f", "qcow2", "-c", "read 0 512", a, check=False)
+    assert read_only_open().returncode == 0
+    bm.ok("block-commit", device="virtio0", top="C.qcow2", speed=64 * 1024)
+    refused = read_only_open()
+    assert refused.returncode != 0
+    assert "lock" in refused.stderr and "Is another process using the image" in refused.stderr
+    bm.hmp("block_job_cancel virtio0")
+    bm.wait_event(ended("virtio0"))
+    assert read_only_open().returncode == 0

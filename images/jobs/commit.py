@@ -12,22 +12,23 @@ overrides) and is flushed.  A cancel, an error or a kill leaves the chain as it
 was: base holds some extra, masked data.
 
 Base is reopened read-write when the job is created (QEMU's commit_start) and back
-to read-only when it ends.  ``commit_to_backing`` is HMP ``commit``: the active
-image's data into its backing file, synchronously, then the active image emptied.
+to read-only when it ends (unless it became the active image).  ``commit_to_backing``
+is HMP ``commit``: the active image's data into its backing file, synchronously,
+then the active image emptied.
 """
 import os
 
 from ..chain import chain_of, extents_above
-from ..driver import UNALLOCATED
-from ..errors import ImageError
-from ..driver import ZERO
+from ..driver import UNALLOCATED, ZERO
+from ..errors import ImageError, ImageLockError
+from ..locking import JOB_WRITER
 from .copy_plan import clipped, copy_extents, work_extents
 from .range_copy import RangeCopyJob
+from .stream import backing_reference_for
 
 # The step at full speed.  Larger than the stream's: the commit holds base's lock, not
 # the active image's, so guest writes never wait for it (only reads that reach base).
 COMMIT_BATCH = 16 * 1024 * 1024
-from .stream import backing_reference_for
 
 
 def committed_extents(top, base, offset, length):
@@ -46,12 +47,53 @@ def reopen_for_writing(image):
     """Base (or an overlay) opened read-write for a commit; QEMU's reopen failure text."""
     try:
         image.set_read_only(False)
+    except ImageLockError:
+        raise       # QEMU's own text and hint: Failed to get "write" lock
     except ImageError as err:
         reason = err.desc.rsplit(": ", 1)[-1] if ": " in err.desc else err.desc
         raise ImageError("Could not reopen file: %s" % reason, path=image.path) from err
 
 
-class CommitJob(RangeCopyJob):
+class _WritesBase:
+    """What both commit jobs do to base: reopen it read-write once the job exists
+    (QEMU's commit_start: a base that cannot be is a refusal, the job goes to 'null'),
+    and back to read-only at the end unless it became the active image."""
+
+    _base_was_read_only = False
+    _base_taken = False
+
+    def create(self):
+        super().create()
+        with self._lock:
+            if self.status != "created" or self._base_taken:
+                return
+            try:
+                self._take_base()
+            except ImageError:
+                self._transition("null")
+                raise
+
+    def _take_base(self):
+        """Base read-write, with the lock bytes of a job writing into it (as a stream
+        holds on its top); on a conflict nothing is left changed."""
+        base = self.base
+        if base.read_only:
+            reopen_for_writing(base)
+            self._base_was_read_only = True
+        try:
+            base.claim_permissions(self, JOB_WRITER)
+        except BaseException:
+            self._restore_base()
+            raise
+        self._base_taken = True
+
+    def _restore_base(self, keep_writable=False):
+        self.base.release_permissions(self)
+        if self._base_was_read_only and not keep_writable and not self.base.read_only:
+            self.base.set_read_only(True)
+
+
+class CommitJob(_WritesBase, RangeCopyJob):
     """Intermediate commit: ``top`` .. above ``base`` into ``base``; ``overlay`` is the
     image whose backing file is ``top`` (it will name ``base``)."""
 
@@ -66,21 +108,7 @@ class CommitJob(RangeCopyJob):
         self.new_backing_name = backing_reference_for(overlay, base, backing_file)
         self.new_backing_format = base.format_name
         self._on_finished = on_finished
-        self._base_was_read_only = base.read_only
         self.set_len(top.virtual_size)
-
-    def create(self):
-        """QEMU's commit_start: the job is created (id, speed), then base is reopened
-        read-write; a base that cannot be is a refusal, the job goes to 'null'."""
-        super().create()
-        with self._lock:
-            if self.status != "created" or not self.base.read_only:
-                return
-            try:
-                reopen_for_writing(self.base)
-            except ImageError:
-                self._transition("null")
-                raise
 
     # -- the body ------------------------------------------------------------
     def copy_window(self, offset, window, step):
@@ -121,8 +149,7 @@ class CommitJob(RangeCopyJob):
                     overlay.set_read_only(True)
 
     def clean(self):
-        if self._base_was_read_only and not self.base.read_only:
-            self.base.set_read_only(True)
+        self._restore_base()
         if self._on_finished is not None:
             self._on_finished(self)
 
