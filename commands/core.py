@@ -12,11 +12,12 @@ from images.errors import JobError
 from images.events import EventBus
 from images.job_registry import JobRegistry
 
-from . import block_info
+from . import block_info, block_nodes
 from .block_stream import start_stream
 from .devices import DeviceTable
 from .errors import QemuIoFailed
 from .hmp import HmpInterpreter
+from .mirror import blockdev_mirror, drive_mirror
 from .qemu_io import run_qemu_io
 from .qmp_args import validate_arguments
 from .snapshot import snapshot_sync
@@ -40,6 +41,11 @@ class BlockCore:
             "query-block": self._query_block,
             "query-block-jobs": self._query_block_jobs,
             "block-stream": lambda args: start_stream(self, args),
+            "drive-mirror": lambda args: drive_mirror(self, args),
+            "blockdev-mirror": lambda args: blockdev_mirror(self, args),
+            "blockdev-add": lambda args: block_nodes.blockdev_add(self, args),
+            "blockdev-del": lambda args: block_nodes.blockdev_del(self, args),
+            "query-named-block-nodes": lambda args: block_nodes.query_named_block_nodes(self, args),
             "block-job-set-speed": lambda a: self._job(a["device"]).set_speed(a["speed"]),
             "block-job-cancel": lambda a: self._job(a["device"]).cancel(a.get("force", False)),
             "block-job-pause": lambda a: self._job(a["device"]).pause(),
@@ -151,7 +157,7 @@ class BlockCore:
             output, ok = run_qemu_io(self.active_image(args["device"]), args["command"])
         else:
             with device.io_lock:
-                output, ok = run_qemu_io(device.top, args["command"])
+                output, ok = run_qemu_io(device.guest_image(), args["command"])
         if not ok:
             raise QemuIoFailed(output)
         return output

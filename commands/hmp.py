@@ -108,6 +108,17 @@ def _block_stream(hmp, args):
     return ""
 
 
+def _drive_mirror(hmp, args):
+    """hmp_drive_mirror: -f is sync=full (else top), -n is mode=existing; unmap on."""
+    qmp = {"device": args["device"], "target": args["target"],
+           "sync": "full" if args.get("full") else "top",
+           "mode": "existing" if args.get("reuse") else "absolute-paths", "unmap": True}
+    if "format" in args:
+        qmp["format"] = args["format"]
+    hmp.core.execute("drive-mirror", qmp)
+    return ""
+
+
 def _job_verb(qmp_name, with_force=False, with_speed=False):
     def adapter(hmp, args):
         qmp = {"device": args["device"]}
@@ -150,6 +161,9 @@ def _quit(hmp, args):
 
 
 def _info_block(hmp, args):
+    if args.get("nodes"):
+        nodes = hmp.core.execute("query-named-block-nodes", {})
+        return hmp_info.format_nodes(nodes, bool(args.get("verbose")), args.get("device"))
     devices = hmp.core.execute("query-block", {})
     return hmp_info.format_block(devices, bool(args.get("verbose")), args.get("device"))
 
@@ -170,6 +184,7 @@ _ADAPTERS = {
     "quit": _quit,
     "info": _info,
     "block_stream": _block_stream,
+    "drive_mirror": _drive_mirror,
     "block_job_set_speed": _job_verb("block-job-set-speed", with_speed=True),
     "block_job_cancel": _job_verb("block-job-cancel", with_force=True),
     "block_job_complete": _job_verb("block-job-complete"),

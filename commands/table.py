@@ -44,10 +44,9 @@ _JOB_DEVICE = {"device": "jobs"}
 
 INFO_COMMANDS: Tuple[HmpCommand, ...] = (
     HmpCommand("version", "", "", "show the version of QEMU", qmp="query-version"),
-    # QEMU also has -n (named nodes); we have no query-named-block-nodes, so the
-    # flag and its mention in the help are left out.
-    HmpCommand("block", "verbose:-v,device:B?", "[-v] [device]",
-               "show info of one block device or all block devices (-v: show details)",
+    HmpCommand("block", "nodes:-n,verbose:-v,device:B?", "[-n] [-v] [device]",
+               "show info of one block device or all block devices "
+               "(-n: show named nodes; -v: show details)",
                qmp="query-block", complete={"device": "devices"}),
     HmpCommand("block-jobs", "", "", "show progress of ongoing block device operations",
                qmp="query-block-jobs"),
@@ -63,6 +62,18 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
     HmpCommand("block_stream", "device:B,speed:o?,base:s?", "device [speed [base]]",
                "copy data from a backing file into a block device", qmp="block-stream",
                complete={"base": "backing"}, word_fallback={"speed": "base"}),
+    HmpCommand("drive_mirror", "reuse:-n,full:-f,device:B,target:s,format:s?",
+               "[-n] [-f] device target [format]",
+               "initiates live storage\n\t\t\t"
+               "migration for a device. The device's contents are\n\t\t\t"
+               "copied to the new image file, including data that\n\t\t\t"
+               "is written after the command is started.\n\t\t\t"
+               "The -n flag requests QEMU to reuse the image found\n\t\t\t"
+               "in new-image-file, instead of recreating it from scratch.\n\t\t\t"
+               "The -f flag requests QEMU to copy the whole disk,\n\t\t\t"
+               "so that the result does not need a backing file.\n\t\t\t",
+               qmp="drive-mirror",
+               complete={"device": "devices", "target": "files", "format": "formats"}),
     HmpCommand("block_job_set_speed", "device:B,speed:o", "device speed",
                "set maximum speed for a background block operation",
                qmp="block-job-set-speed", complete=_JOB_DEVICE),
@@ -113,6 +124,15 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
 ENUMS: Dict[str, Tuple[str, ...]] = {
     "BlockdevOnError": ("report", "ignore", "enospc", "stop", "auto"),
     "NewImageMode": ("existing", "absolute-paths"),
+    "MirrorSyncMode": ("top", "full", "none", "incremental", "bitmap"),
+    "MirrorCopyMode": ("background", "write-blocking"),
+}
+
+_MIRROR_COMMON = {
+    "*job-id": "str", "device": "str", "target": "str", "*replaces": "str",
+    "sync": "MirrorSyncMode", "*speed": "int", "*granularity": "int", "*buf-size": "int",
+    "*on-source-error": "BlockdevOnError", "*on-target-error": "BlockdevOnError",
+    "*copy-mode": "MirrorCopyMode", "*auto-finalize": "bool", "*auto-dismiss": "bool",
 }
 
 QMP_SCHEMAS: Dict[str, Dict[str, object]] = {
@@ -126,6 +146,16 @@ QMP_SCHEMAS: Dict[str, Dict[str, object]] = {
         "*backing-file": "str", "*speed": "int", "*on-error": "BlockdevOnError",
         "*auto-finalize": "bool", "*auto-dismiss": "bool",
     },
+    "drive-mirror": dict(_MIRROR_COMMON, **{"*format": "str", "*node-name": "str",
+                                            "*mode": "NewImageMode", "*unmap": "bool"}),
+    "blockdev-mirror": dict(_MIRROR_COMMON, **{"*filter-node-name": "str"}),
+    "blockdev-add": {
+        "driver": "str", "*node-name": "str", "*file": "any", "*filename": "str",
+        "*backing": "any", "*read-only": "bool", "*auto-read-only": "bool",
+        "*discard": "str", "*cache": "any", "*detect-zeroes": "str", "*force-share": "bool",
+    },
+    "blockdev-del": {"node-name": "str"},
+    "query-named-block-nodes": {"*flat": "bool"},
     "block-job-set-speed": {"device": "str", "speed": "int"},
     "block-job-cancel": {"device": "str", "*force": "bool"},
     "block-job-pause": {"device": "str"},

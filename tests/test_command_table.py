@@ -15,11 +15,14 @@ IDS = [prefix + cmd.primary for cmd, prefix in ALL]
 # QEMU's own params for qemu-io bracket its mandatory arguments ("[-d] [device]
 # \"[command]\""); we keep QEMU's text, so only count and order are checked there.
 BRACKET_QUIRKS = {"qemu-io"}
+# QEMU's drive_mirror help ends with a line of three tabs ("\n\t\t\t"); kept verbatim.
+TRAILING_TAB_QUIRKS = {"drive_mirror"}
 
 
 @pytest.mark.parametrize("cmd, prefix", ALL, ids=IDS)
 def test_entry_has_help_and_compiles(cmd, prefix):
-    assert cmd.help.strip() and cmd.help == cmd.help.strip()
+    text = cmd.help[:-4] if cmd.primary in TRAILING_TAB_QUIRKS else cmd.help
+    assert text.strip() and text == text.strip()
     compile_args(cmd.args_type)
     assert cmd.ours == cmd.help.endswith("(blockmon)")
 
@@ -78,7 +81,7 @@ def test_schemas_use_known_types():
         for key, type_ in schema.items():
             assert re.fullmatch(r"\*?[a-z][a-z0-9-]*", key), (name, key)
             inner = type_[0] if isinstance(type_, list) else type_
-            assert inner in ("str", "int", "bool") or inner in ENUMS, (name, key)
+            assert inner in ("str", "int", "bool", "any") or inner in ENUMS, (name, key)
 
 
 def test_query_commands_lists_the_schemas_and_core_api_commands():
