@@ -28,7 +28,7 @@ KNOWN_FORMATS = ("qcow2", "raw")
 MIN_GRANULARITY, MAX_GRANULARITY = 512, 64 * 1024 * 1024
 
 
-def check_job_options(args):
+def check_job_options(args, drive=False):
     """The tuning arguments both commands share, with QEMU's texts."""
     if args["sync"] in ("incremental", "bitmap"):
         raise CommandError("Sync mode '%s' not supported" % args["sync"])
@@ -44,6 +44,9 @@ def check_job_options(args):
     if "job-id" in args and not id_wellformed(args["job-id"]):
         raise CommandError("Invalid job ID '%s'" % args["job-id"])
     if "replaces" in args:
+        if drive and "node-name" not in args:
+            raise CommandError("a node-name must be provided when replacing a named node "
+                               "of the graph")
         raise CommandError("Parameter 'replaces' is not supported by blockmon")
 
 
@@ -85,8 +88,6 @@ def plan_target(table, source, args):
     base = {"full": None, "top": source.backing, "none": source}[sync]
     if args.get("mode", "absolute-paths") != "existing" and base is not None and fmt == "raw":
         raise CommandError("Backing file not supported for file format 'raw'")
-    if "replaces" in args and "node-name" not in args:
-        raise CommandError("a node-name must be provided when replacing a named node of the graph")
     return sync, fmt, base
 
 
@@ -172,7 +173,7 @@ def drive_mirror(core, args):
         if core.closing:
             raise CommandError("Cannot start a block job: blockmon is shutting down")
         owner, source = source_device(table, args["device"])
-        check_job_options(args)
+        check_job_options(args, drive=True)
         sync, fmt, base = plan_target(table, source, args)
         _check_new_node_name(table, args.get("node-name"))
         existing = args.get("mode", "absolute-paths") == "existing"

@@ -113,8 +113,8 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
                "show various information about the system state",
                sub_table=INFO_COMMANDS, complete={"item": "info"}),
     HmpCommand("block_job_wait", "device:B?", "[device]",
-               "wait until the device's block job (or every job) has ended, "
-               "showing progress; Ctrl-C stops waiting (blockmon)",
+               "wait until the device's block job (or every job) has ended "
+               "or is ready to complete, showing progress; Ctrl-C stops waiting (blockmon)",
                ours=True, complete=_JOB_DEVICE),
     HmpCommand("sleep", "seconds:T", "seconds",
                "pause the script for a number of seconds (blockmon)", ours=True),

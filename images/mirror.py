@@ -83,7 +83,10 @@ class MirrorJob(Job):
         self.batch = max(min(buf_size, MIRROR_BATCH), granularity)
         self.chunk = max(MIRROR_CHUNK, granularity)
         self.bitmap = DirtyBitmap(source.virtual_size, granularity)
-        initial_dirty(self.bitmap, source, sync, whole_disk)
+        # QEMU accepts the command and fails the job at once (len 0, offset 0).
+        self.size_mismatch = target.virtual_size != source.virtual_size
+        if not self.size_mismatch:
+            initial_dirty(self.bitmap, source, sync, whole_disk)
         self.len = self.bitmap.count()
         self._drain = drain or _no_drain
         self._pivot = pivot
@@ -125,6 +128,8 @@ class MirrorJob(Job):
 
     # -- the body ----------------------------------------------------------------
     def run(self):
+        if self.size_mismatch:
+            raise JobError("Source and target image have different sizes")
         while True:
             if not self.checkpoint():
                 return

@@ -52,6 +52,8 @@ class JobWaiter:
             if not infos:
                 return ""
             draw(infos)
+            if all(info.get("status") == "ready" for info in infos):
+                return ""   # a ready mirror waits for block_job_complete: the wait is over
             if _all_paused(infos):
                 return "not waiting: %s paused (block_job_resume to go on)\n" % ", ".join(
                     info["device"] for info in infos)
