@@ -8,8 +8,9 @@ import os
 
 import pytest
 
-from tests.mirrorkit import (CHAIN_ALLOCATED, TOP_ALLOCATED, MiB, Session, copy_file, qemu_img,
-                             qemu_io, small_chain)
+from tests.mirrorkit import (CHAIN_ALLOCATED, TOP_ALLOCATED, MiB, Session, copy_file, qemu_io,
+                             small_chain)
+from tests.mirrorkit import qemu_img as create
 from tests.oracle import check_clean, identical, info
 
 START = ["created", "running", "ready", "BLOCK_JOB_READY"]
@@ -181,9 +182,7 @@ def test_write_blocking_mode_writes_through(chain, session):
 
 def test_raw_source_top_becomes_full_raw_copy(tmp_path, qemu_img):
     raw = str(tmp_path / "raw0.img")
-    qemu_img_create = ["create", "-f", "raw", raw, "4M"]
-    import subprocess
-    subprocess.run(["qemu-img", *qemu_img_create], check=True, capture_output=True)
+    create(str(tmp_path), "create", "-f", "raw", raw, "4M")
     qemu_io(raw, "write -P 0x33 0 1M", fmt="raw")
     s = Session(raw)
     try:
@@ -201,14 +200,14 @@ def test_raw_source_top_becomes_full_raw_copy(tmp_path, qemu_img):
 def test_existing_target_needs_n_and_n_keeps_its_header(chain, session):
     directory, top = chain
     exists = os.path.join(directory, "exists.qcow2")
-    qemu_img(directory, "create", "-f", "qcow2", "exists.qcow2", "16M")
+    create(directory, "create", "-f", "qcow2", "exists.qcow2", "16M")
     qemu_io(exists, "write -P 0x99 0 1M")
     before = open(exists, "rb").read()
     assert session.run("drive_mirror -f virtio0 %s" % exists) == (
         "Error: Could not create '%s': the file exists (reuse it with -n or mode=existing)\n"
         % exists)
     assert open(exists, "rb").read() == before
-    qemu_img(directory, "create", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2",
+    create(directory, "create", "-f", "qcow2", "-b", "mid.qcow2", "-F", "qcow2",
              "prepared.qcow2", "16M")
     prepared = os.path.join(directory, "prepared.qcow2")
     assert session.run("drive_mirror -n virtio0 %s qcow2" % prepared) == ""
