@@ -98,6 +98,11 @@ class MirrorJob(Job):
         self._soft_cancel = False
         self.pivoted = False
 
+    @property
+    def finishing(self) -> bool:
+        """Asked to complete or soft-cancelled: the job ends once in sync."""
+        return self._should_complete or self._soft_cancel
+
     # -- the guest's writes --------------------------------------------------------
     def guest_write(self, kind, offset, length, data):
         """Write notifier: called after a guest write to the source, source lock held."""

@@ -23,6 +23,15 @@ def _all_paused(infos: List[dict]) -> bool:
     return all(info.get("paused") or info.get("status") in ("paused", "standby") for info in infos)
 
 
+def _all_waiting_for_complete(core, infos: List[dict]) -> bool:
+    """Every job is ready and nobody asked it to finish (a ready mirror runs until
+    block_job_complete or a cancel; once asked, it stays 'ready' until it is in sync)."""
+    jobs = getattr(core, "jobs", lambda: [])()
+    finishing = {job.id for job in jobs if getattr(job, "finishing", False)}
+    return all(info.get("status") == "ready" and info.get("device") not in finishing
+               for info in infos)
+
+
 class JobWaiter:
     """Blocks until a job (or every job) ends; optional rich progress on ``stream``.
 
@@ -52,7 +61,7 @@ class JobWaiter:
             if not infos:
                 return ""
             draw(infos)
-            if all(info.get("status") == "ready" for info in infos):
+            if _all_waiting_for_complete(self._core, infos):
                 return ""   # a ready mirror waits for block_job_complete: the wait is over
             if _all_paused(infos):
                 return "not waiting: %s paused (block_job_resume to go on)\n" % ", ".join(
