@@ -26,7 +26,7 @@ def _all_paused(infos: List[dict]) -> bool:
 def _all_waiting_for_complete(core, infos: List[dict]) -> bool:
     """Every job is ready and nobody asked it to finish (a ready mirror runs until
     block_job_complete or a cancel; once asked, it stays 'ready' until it is in sync)."""
-    jobs = getattr(core, "jobs", lambda: [])()
+    jobs = core.jobs() if callable(getattr(core, "jobs", None)) else []
     finishing = {job.id for job in jobs if getattr(job, "finishing", False)}
     return all(info.get("status") == "ready" and info.get("device") not in finishing
                for info in infos)
