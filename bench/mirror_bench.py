@@ -78,6 +78,42 @@ def qemu_mirror(chain_dir, warm_gib):
                     sock, warm_gib, os.path.join(chain_dir, "mirror.qcow2"), log)
 
 
+def guest_latency(chain_dir, warm_gib):
+    """4 KiB guest writes through the device while a full-speed mirror runs (a child process)."""
+    out = subprocess.run([sys.executable, "-m", "bench.mirror_bench", "--latency",
+                          os.path.join(chain_dir, "D.qcow2"), "--warm", "%.2f" % warm_gib,
+                          "--shared-bench", peers.SHARED_BENCH],
+                         cwd=peers.ROOT, check=True, capture_output=True, text=True).stdout
+    return {key: float(value) for key, value in (item.split("=") for item in out.split())}
+
+
+def latency_main(path, warm_gib):
+    """Guest writes (random 4 KiB, the device's guest path) from drive-mirror to READY;
+    prints the p50/p99 latencies and the bytes the mirror copied a second time."""
+    import random
+    from commands.core import BlockCore
+    from .latency import percentile
+    core = BlockCore()
+    core.add_drive("virtio0", path)
+    device, rng, samples = core.devices.device("virtio0"), random.Random(1), []
+    blocks = device.top.virtual_size // 4096
+    peers.touch_ram(warm_gib)
+    core.execute("drive-mirror", {"device": "virtio0", "sync": "full",
+                                  "target": os.path.join(os.path.dirname(path), "lat.qcow2")})
+    initial = core.execute("query-block-jobs")[0]["len"]
+    while core.execute("query-block-jobs")[0]["status"] != "ready":
+        start = time.perf_counter()
+        with device.io_lock:
+            device.guest_image().write(rng.randrange(blocks) * 4096, b"\x5a" * 4096)
+        samples.append(time.perf_counter() - start)
+        time.sleep(0.001)       # a guest issuing writes, not a tight loop
+    again = core.execute("query-block-jobs")[0]["offset"] - initial
+    core.shutdown()
+    print("p50=%f p99=%f writes=%d twice=%d" % (percentile(samples or [0], 0.5),
+                                                 percentile(samples or [0], 0.99),
+                                                 len(samples), again))
+
+
 ROWS = (("drive-mirror full: to READY, blockmon / QEMU", "blockmon.ready", "qemu.ready"),
         ("drive-mirror full: switched, blockmon / QEMU", "blockmon.switched", "qemu.switched"),
         ("drive-mirror full: durable, blockmon switched / QEMU quit", "blockmon.switched",
@@ -96,6 +132,11 @@ def report(samples, size, out=sys.stdout):
                   file=out)
     print("blockmon to READY %.3fs, to the switch %.3fs, to the end of quit %.3fs" % (
         m["blockmon.ready"], m["blockmon.switched"], m["blockmon.durable"]), file=out)
+    if "latency.p99" in m:
+        print("guest 4 KiB writes during a full-speed mirror: p50 %.2f ms p99 %.2f ms (%d writes; "
+              "target p99 <= 20 ms); copied twice: %.1f MiB" % (
+                  m["latency.p50"] * 1e3, m["latency.p99"] * 1e3, m["latency.writes"],
+                  m["latency.twice"] / (1 << 20)), file=out)
 
 
 def main(argv=None):
@@ -105,8 +146,13 @@ def main(argv=None):
     parser.add_argument("--work")
     parser.add_argument("--shared-bench", default=peers.SHARED_BENCH,
                         help="the directory of make_chain.sh and touch_ram.py")
+    parser.add_argument("--latency", metavar="IMAGE", help=argparse.SUPPRESS)
+    parser.add_argument("--warm", type=float, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     peers.SHARED_BENCH = args.shared_bench
+    if args.latency:
+        latency_main(args.latency, args.warm)
+        return 0
     work = args.work or tempfile.mkdtemp(prefix="blockmon-mirror-bench-")
     chain = build_chain(args.size, work)
     warm = chain_gib(chain) * 2
@@ -119,6 +165,9 @@ def main(argv=None):
             with Fresh(chain, work) as copy:
                 for key, value in runner(copy, warm).items():
                     samples.setdefault("%s.%s" % (name, key), []).append(value)
+        with Fresh(chain, work) as copy:
+            for key, value in guest_latency(copy, warm).items():
+                samples.setdefault("latency.%s" % key, []).append(value)
     report(samples, args.size)
     return 0
 

@@ -35,6 +35,7 @@ class DirtyBitmap:
         self._shift = granularity.bit_length() - 1
         self._starts: List[int] = []     # run starts, granule indices, sorted
         self._ends: List[int] = []       # matching exclusive ends
+        self._total = 0                  # dirty granules (sum of the runs' lengths)
         self._lock = threading.Lock()
 
     @property
@@ -54,6 +55,7 @@ class DirtyBitmap:
             if lo < hi:
                 first = min(first, self._starts[lo])
                 end = max(end, self._ends[hi - 1])
+            self._total += (end - first) - self._sum(lo, hi)
             self._starts[lo:hi] = [first]
             self._ends[lo:hi] = [end]
 
@@ -74,6 +76,7 @@ class DirtyBitmap:
         hi = bisect.bisect_left(self._starts, end)
         if lo >= hi:
             return
+        self._total -= self._sum(lo, hi)
         keep_s, keep_e = [], []
         if self._starts[lo] < first:
             keep_s.append(self._starts[lo])
@@ -83,12 +86,16 @@ class DirtyBitmap:
             keep_e.append(self._ends[hi - 1])
         self._starts[lo:hi] = keep_s
         self._ends[lo:hi] = keep_e
+        self._total += sum(e - s for s, e in zip(keep_s, keep_e))
+
+    def _sum(self, lo: int, hi: int) -> int:
+        return sum(self._ends[i] - self._starts[i] for i in range(lo, hi))
 
     # -- queries -----------------------------------------------------------------
     def count(self) -> int:
         """Dirty bytes: whole granules, the last granule of the disk clipped to its size."""
         with self._lock:
-            total = sum(e - s for s, e in zip(self._starts, self._ends)) << self._shift
+            total = self._total << self._shift
             if self._ends and self._ends[-1] == self.granules:
                 total -= (self.granules << self._shift) - self.size
             return total
@@ -105,25 +112,29 @@ class DirtyBitmap:
         for s, e in self.runs(offset):
             yield s, e - s
 
-    def runs(self, offset: int = 0) -> List[Tuple[int, int]]:
-        """Sorted (start, end) byte ranges of the dirty granules at or after ``offset``."""
+    def runs(self, offset: int = 0, limit: int = None) -> List[Tuple[int, int]]:
+        """Sorted (start, end) byte ranges of the dirty granules at or after ``offset``;
+        with ``limit``, only the first runs that hold that many bytes."""
         index = max(offset, 0) >> self._shift
+        out, held = [], 0
         with self._lock:
             at = max(bisect.bisect_right(self._starts, index) - 1, 0)
-            pairs = list(zip(self._starts[at:], self._ends[at:]))
-        out = []
-        for s, e in pairs:
-            if e <= index:
-                continue
-            start = max(s, index) << self._shift
-            out.append((start, min(e << self._shift, self.size)))
+            for i in range(at, len(self._starts)):
+                if self._ends[i] <= index:
+                    continue
+                start = max(self._starts[i], index) << self._shift
+                end = min(self._ends[i] << self._shift, self.size)
+                out.append((start, end))
+                held += end - start
+                if limit is not None and held >= limit:
+                    break
         return out
 
     def take(self, offset: int, limit: int) -> List[Tuple[int, int]]:
         """Clean and return up to ``limit`` bytes of dirty runs from ``offset`` on
         (whole granules; at least one granule even if larger than ``limit``)."""
         taken, budget = [], max(limit, self.granularity)
-        for start, end in self.runs(offset):
+        for start, end in self.runs(offset, budget):
             length = end - start
             if length > budget:     # cut at a granule boundary, keeping at least one
                 length = max(budget >> self._shift << self._shift, self.granularity)
