@@ -1,1 +1,1 @@
-"""Benchmarks: blockmon against QEMU and qemu-img on the shared benchmark chain."""
+"""Benchmarks: blockmon against QEMU and qemu-img on the benchmark chain (bench/make_chain.py)."""

@@ -1,8 +1,8 @@
 """The timed operations: blockmon and its peers (QEMU 7.2, qemu-img, a plain copy) on fresh chain copies.
 
 Each function takes a fresh chain directory, warms memory right before the clock
-starts (see ../shared/bench/README.md: idle memory is handed back to the host and
-is slow to touch again), and returns a dict of measurements in seconds / bytes.
+starts (see bench/touch_ram.py: idle memory is handed back to the host and is
+slow to touch again), and returns a dict of measurements in seconds / bytes.
 """
 import os
 import shutil
@@ -12,13 +12,9 @@ import tempfile
 import time
 
 from .qmp_wire import QmpWire
+from .touch_ram import touch_ram
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED_BENCH = os.path.join(os.path.dirname(ROOT), "shared", "bench")
-
-
-def touch_ram(gib):
-    subprocess.run([sys.executable, os.path.join(SHARED_BENCH, "touch_ram.py"), "%.2f" % gib], check=True)
 
 
 def qemu_system():

@@ -2,9 +2,9 @@
 
     python -m bench.run_bench [--size 2G] [--runs 5] [--work DIR] [--no-scale] [--no-qemu]
 
-Builds ../shared/bench/make_chain.sh SIZE once, then for every run and every
-operation takes a fresh sparse copy, warms memory, and times blockmon and its
-peer one after the other (A B A B ...).  Prints one table of medians and ratios
+Builds the benchmark chain (bench/make_chain.py) of SIZE once, then for every run
+and every operation takes a fresh sparse copy, warms memory, and times blockmon
+and its peer one after the other (A B A B ...).  Prints one table of medians and ratios
 (blockmon / peer), then the spread (min median max) of every timed operation;
 only the ratios mean anything across machines.  QEMU rows are left out when
 qemu-system-x86_64 is not installed (or with --no-qemu).
@@ -18,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 
-from . import peers
+from . import make_chain, peers
 
 GiB = 1 << 30
 
@@ -26,8 +26,7 @@ GiB = 1 << 30
 def build_chain(size, work):
     directory = os.path.join(work, "chain-%s" % size)
     if not os.path.exists(os.path.join(directory, "D.qcow2")):
-        subprocess.run(["bash", os.path.join(peers.SHARED_BENCH, "make_chain.sh"), size, directory],
-                       check=True, stdout=subprocess.DEVNULL)
+        make_chain.build_chain(size, directory)
     return directory
 
 

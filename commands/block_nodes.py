@@ -15,7 +15,7 @@ import threading
 
 from images.chain import chain_of, open_image, probe_format, resolve_backing_path
 from images.errors import BlockError
-from images.job_states import id_wellformed
+from images.jobs.states import id_wellformed
 from images.qcow2 import Qcow2Image
 from images.raw import RawImage
 

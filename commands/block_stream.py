@@ -2,7 +2,7 @@
 import os
 
 from images.chain import chain_of
-from images.stream import StreamJob
+from images.jobs.stream import StreamJob
 
 from .errors import CommandError
 

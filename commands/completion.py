@@ -10,6 +10,7 @@ import os
 from typing import Dict, List, Optional, Tuple
 
 from images.chain import chain_of
+from images.driver import FORMATS
 
 from .args import _SPACE, ArgSpec, StringKind, compile_args, looks_numeric
 from .errors import CommandError
@@ -75,7 +76,7 @@ class CompletionContext:
     Any method a test wants different can be overridden.
     """
 
-    FORMATS = ("qcow2", "raw")
+    FORMATS = FORMATS
     QEMU_IO = ("read", "write", "discard", "map", "alloc")
 
     def __init__(self, core=None):

@@ -10,7 +10,7 @@ import threading
 
 from images.errors import JobError
 from images.events import EventBus
-from images.job_registry import JobRegistry
+from images.jobs.registry import JobRegistry
 
 from . import block_info, block_nodes
 from .block_stream import start_stream

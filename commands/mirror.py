@@ -8,7 +8,7 @@ when the source names its backing file relatively (QEMU always writes absolute
 paths).  Nothing is printed: QEMU's ``Formatting ...`` line goes to its stdout,
 never the monitor.
 
-The job (``images.mirror``) gets three hooks from here: ``drain`` (no guest
+The job (``images.jobs.mirror``) gets three hooks from here: ``drain`` (no guest
 request and no graph change while it runs), ``pivot`` (the device now uses the
 target) and ``on_finished`` (release the device, close what no chain uses).
 """
@@ -16,9 +16,9 @@ import os
 
 from images.chain import chain_of, open_image, probe_format, resolve_backing_path
 from images.errors import BlockError
-from images.job_states import id_wellformed
-from images.jobs import SPEED_ERROR
-from images.mirror import DEFAULT_BUF_SIZE, MirrorJob
+from images.jobs.blockjob import SPEED_ERROR
+from images.jobs.mirror import DEFAULT_BUF_SIZE, MirrorJob
+from images.jobs.states import id_wellformed
 from images.qcow2 import Qcow2Image, create_qcow2
 from images.raw import RawImage, create_raw
 

@@ -12,12 +12,12 @@ file as typed.
 """
 import os
 
-from images.job_states import id_wellformed
+from images.driver import FORMATS
+from images.jobs.states import id_wellformed
 from images.qcow2 import Qcow2Image, create_qcow2
 
 from .errors import CommandError
 
-KNOWN_FORMATS = ("qcow2", "raw")
 
 
 def _image_in_file(table, path):
@@ -79,7 +79,7 @@ def _snapshot_target(table, args):
     if owner is None:
         raise CommandError("Cannot snapshot node '%s': it is not the active image of a device" % top.node_name)
     fmt = args.get("format", "qcow2")
-    if fmt not in KNOWN_FORMATS:
+    if fmt not in FORMATS:
         raise CommandError("Unknown file format '%s'" % fmt)
     return owner, top
 

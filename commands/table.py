@@ -17,6 +17,8 @@ virtio0 A``).
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
+from images.jobs.blockjob import ON_ERROR_POLICIES
+
 
 @dataclass(frozen=True)
 class HmpCommand:
@@ -122,7 +124,7 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
 
 # -- QMP schemas: argument name -> type; '*' marks optional (QAPI notation) ----------
 ENUMS: Dict[str, Tuple[str, ...]] = {
-    "BlockdevOnError": ("report", "ignore", "enospc", "stop", "auto"),
+    "BlockdevOnError": ON_ERROR_POLICIES,
     "NewImageMode": ("existing", "absolute-paths"),
     "MirrorSyncMode": ("top", "full", "none", "incremental", "bitmap"),
     "MirrorCopyMode": ("background", "write-blocking"),

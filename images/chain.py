@@ -16,10 +16,10 @@ from typing import Dict, Iterator, List, NamedTuple, Optional
 
 from images.driver import DATA, UNALLOCATED, ZERO, BlockImage, Run
 from images.errors import BlockError, ChainError, ImageError, os_error_text
+from images.qcow2.format import QCOW2_MAGIC
 from images.raw import RawImage
 
 MAX_CHAIN_DEPTH = 128          # images in one chain, the top included
-QCOW2_MAGIC = b"QFI\xfb"
 
 
 def probe_format(path: str) -> str:
@@ -50,7 +50,7 @@ def _driver_class(fmt: str, path: str, drivers: Optional[Dict[str, type]]):
     if fmt == "raw":
         return RawImage
     if fmt == "qcow2":
-        from images.qcow2 import Qcow2Image   # imported late: raw-only use needs no qcow2
+        from images.qcow2.image import Qcow2Image   # imported late: raw-only use needs no qcow2
         return Qcow2Image
     raise ImageError("Could not open '%s': Unknown driver '%s'" % (path, fmt), path=path, value=fmt)
 

@@ -10,7 +10,10 @@ calls (check status, then write) atomic with respect to other threads.
 """
 import threading
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
+
+# The image formats blockmon opens and creates (QEMU's driver names): the one list.
+FORMATS = ("qcow2", "raw")
 
 DATA = "data"              # this layer holds the bytes
 ZERO = "zero"              # this layer says: reads as zero (qcow2 zero flag)
@@ -34,6 +37,16 @@ class Run:
     @property
     def end(self) -> int:
         return self.offset + self.length
+
+
+class Piece(NamedTuple):
+    """For a batch copy: bytes [guest, guest+length) of the target come from ``fd`` at
+    ``source``; ``depth`` is the layer below the target that holds them."""
+    guest: int
+    length: int
+    fd: int
+    source: int
+    depth: int
 
 
 class BlockImage:
@@ -83,6 +96,21 @@ class BlockImage:
         raise NotImplementedError
 
     def close(self) -> None:
+        raise NotImplementedError
+
+    # -- direct access for the kernel-side copy --------------------------------
+    def data_fd(self) -> Optional[int]:
+        """The file descriptor whose bytes at a DATA run's host offset are the data, or
+        None when the image must be read through ``read`` (wrappers, other formats)."""
+        return None
+
+    def takes_batch_copy(self) -> bool:
+        """True if ``copy_batch`` may be called now (a plain, writable image file)."""
+        return False
+
+    def copy_batch(self, pieces: List[Piece]):
+        """Copy whole, unallocated clusters from other files into one new host run;
+        returns (host_offset, length).  Only when ``takes_batch_copy()``."""
         raise NotImplementedError
 
     def info(self) -> dict:

@@ -65,6 +65,9 @@ class RawImage(BlockImage):
         """The open file descriptor (None once closed): its bytes are the guest's bytes."""
         return self._fd
 
+    def data_fd(self) -> Optional[int]:
+        return self._fd
+
     # -- helpers -----------------------------------------------------------
     def _check_open(self) -> None:
         if self._fd is None:

@@ -17,8 +17,8 @@ from prompt_toolkit.document import Document
 from commands.args import compile_args
 from commands.completion import argument_at, backing_candidates, taken_by_fallback, typed_arguments
 from commands.table import HMP_COMMANDS, command_words, find_command
+from images.driver import FORMATS
 
-FORMATS = ("qcow2", "raw")
 QEMU_IO_COMMANDS = ('"read ', '"write ', '"discard ', '"map"', '"alloc ')
 
 

@@ -9,9 +9,10 @@ QEMU's ``key=value,...`` syntax and QEMU's device naming: virtio drives are
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+from images.driver import FORMATS
+
 DRIVE_KEYS = ("file", "if", "index", "id", "format", "node-name", "readonly")
 INTERFACES = ("virtio", "ide", "none")
-FORMATS = ("qcow2", "raw")
 IDE_MAX_INDEX = 3          # two buses, two units each, as QEMU's default machine
 VIRTIO_MAX_INDEX = 255
 

@@ -12,8 +12,9 @@ import sys
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SHARED = os.path.join(os.path.dirname(ROOT), "shared")
-MAKE_CHAIN = os.path.join(SHARED, "bench", "make_chain.sh")
+# Recorded sessions and reference data live in the checkout: no test reads outside it.
+DATA = os.path.join(ROOT, "tests", "data")
+TRANSCRIPT = os.path.join(DATA, "qemu-7.2-transcript.txt")
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
 
@@ -62,12 +63,9 @@ def qemu_img():
 @pytest.fixture(scope="session")
 def bench_chain_256m(tmp_path_factory):
     """The benchmark chain A <- B <- C <- D at 256 MiB, built once per session (read it, don't write it)."""
+    from bench.make_chain import build_chain
     require_qemu()
-    if not os.path.exists(MAKE_CHAIN):
-        pytest.fail("missing %s (../shared must sit beside the checkout)" % MAKE_CHAIN)
-    directory = tmp_path_factory.mktemp("chain256")
-    run("bash", MAKE_CHAIN, "256M", str(directory))
-    return str(directory)
+    return build_chain("256M", str(tmp_path_factory.mktemp("chain256")))
 
 
 @pytest.fixture

@@ -12,8 +12,9 @@ import pytest
 
 from images.errors import ImageIOError
 from images.events import EventBus
-from images.job_states import VERBS
-from images.jobs import Job, JobRegistry
+from images.jobs.blockjob import BlockJob
+from images.jobs.registry import JobRegistry
+from images.jobs.states import VERBS
 
 WAIT = 60.0     # seconds: only a guard against hanging, never a performance limit
 CHUNK = 65536
@@ -49,8 +50,10 @@ class Recorder:
             return [event["data"] for event in self.events if event["event"] == name]
 
 
-class ChunkJob(Job):
+class ChunkJob(BlockJob):
     """Copies ``chunks`` chunks; ``faults`` maps a chunk index to exceptions raised in turn."""
+
+    job_type = "stream"     # the events the tests expect name a stream job
 
     def __init__(self, job_id, bus, recorder, *, chunks=4, gate=None, faults=None,
                  skip=(), prepare_error=None, clean_error=None, **kw):

@@ -12,7 +12,7 @@ from conftest import run
 from images.chain import open_image
 from images.errors import ImageError
 from images.qcow2 import Qcow2Image, create_qcow2
-from images.qcow2_refcount import RefcountBlockCodec, RefcountManager
+from images.qcow2.refcount import RefcountBlockCodec, RefcountManager
 
 
 def _qemu_virtual_size(path):

@@ -11,6 +11,7 @@ from images.chain import (MAX_CHAIN_DEPTH, chain_of, close_chain, open_image, pr
                           resolve_backing_path)
 from images.driver import BlockImage
 from images.errors import ChainError, ImageError
+from images.qcow2.format import QCOW2_MAGIC
 from images.raw import RawImage, create_raw
 
 FAKE_MAGIC = b"FAKE\n"
@@ -168,7 +169,7 @@ def test_chain_deeper_than_max_is_refused(tmp_path, drivers, log):
 
 def test_recorded_raw_is_never_probed(tmp_path, drivers):
     base = tmp_path / "base.raw"
-    base.write_bytes(b"QFI\xfb" + bytes(65532))        # looks like qcow2 to a prober
+    base.write_bytes(QCOW2_MAGIC + bytes(65532))        # looks like qcow2 to a prober
     top = open_image(write_fake(tmp_path / "T.img", backing="base.raw", backing_format="raw"),
                      format="fake", drivers=drivers)
     assert isinstance(top.backing, RawImage)
@@ -183,8 +184,8 @@ def test_no_recorded_format_probes(tmp_path, drivers):
 
 
 def test_probe_format(tmp_path):
-    (tmp_path / "q").write_bytes(b"QFI\xfb\0\0\0\3")
-    (tmp_path / "r").write_bytes(b"QFI")
+    (tmp_path / "q").write_bytes(QCOW2_MAGIC + b"\0\0\0\3")
+    (tmp_path / "r").write_bytes(QCOW2_MAGIC[:3])
     assert (probe_format(str(tmp_path / "q")), probe_format(str(tmp_path / "r"))) == ("qcow2", "raw")
 
 
@@ -268,7 +269,7 @@ def test_raw_base_with_qcow2_magic_reads_as_raw(qemu_img, tmp_path):
     base = str(tmp_path / "base.raw")
     run(qemu_img, "create", "-q", "-f", "raw", base, "1M")
     with open(base, "r+b") as f:
-        f.write(b"QFI\xfb\0\0\0\3" + b"\x5a" * 4088)      # a qcow2 magic and version as content
+        f.write(QCOW2_MAGIC + b"\0\0\0\3" + b"\x5a" * 4088)      # a qcow2 magic and version as content
     top_path = qemu_create(tmp_path, "top.qcow2", size="2M", backing="base.raw", backing_format="raw")
     run("qemu-io", "-f", "qcow2", "-c", "write -P 0x77 512k 4k", top_path)
     top = open_image(top_path, read_only=True)

@@ -4,7 +4,8 @@ import errno
 import pytest
 
 from images.errors import JobError
-from images.job_states import STATES, TRANSITIONS, VERBS, error_action_for, id_wellformed
+from images.jobs.blockjob import error_action_for
+from images.jobs.states import STATES, TRANSITIONS, VERBS, id_wellformed
 from jobkit import ChunkJob, job_in_state, run_to_end
 from jobkit import bus, make, rec, registry  # noqa: F401  (fixtures)
 

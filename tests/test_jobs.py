@@ -296,3 +296,16 @@ def test_a_delay_beyond_what_condition_wait_accepts_is_slept_in_parts(make, rec)
     job.set_speed(0)
     assert job.wait(WAIT)
     assert rec.trace == SUCCESS
+
+
+# -- a job kind names its type --------------------------------------------------------
+
+def test_a_job_kind_must_name_its_type(bus):
+    from images.jobs.blockjob import BlockJob
+
+    class Nameless(BlockJob):
+        def run(self):
+            pass
+
+    with pytest.raises(TypeError, match="Nameless does not name its job_type"):
+        Nameless("virtio0", bus)

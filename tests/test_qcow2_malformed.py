@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 
 from images.errors import ImageError
 from images.qcow2 import Qcow2Image, create_qcow2
-from images.qcow2_format import HEADER_FIELDS
+from images.qcow2.format import HEADER_FIELDS
 
 FIELD_AT = {}
 _pos = 0

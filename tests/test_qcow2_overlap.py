@@ -9,11 +9,11 @@ import struct
 import pytest
 
 from conftest import run
-from images.copy_engine import Piece, copy_batch
+from images.driver import Piece
 from images.errors import ImageError
 from images.qcow2 import Qcow2Image, create_qcow2
-from images.qcow2_format import QCOW_OFLAG_COPIED
-from images.qcow2_overlap import HEADER, L1_TABLE, REFCOUNT_BLOCK, REFCOUNT_TABLE
+from images.qcow2.format import QCOW_OFLAG_COPIED
+from images.qcow2.overlap import HEADER, L1_TABLE, REFCOUNT_BLOCK, REFCOUNT_TABLE
 
 CLUSTER = 65536
 
@@ -171,7 +171,7 @@ def test_fast_copy_path_refuses_before_copying(made, tmp_path):
     try:
         refused(made, "Image %s: L2 table update for guest offset 131072 would overwrite the "
                 "refcount table (host offset %#x); refusing (image is corrupt)" % (made, rt),
-                lambda image: copy_batch(image, [Piece(2 * CLUSTER, 2 * CLUSTER, fd, 0, 0)]))
+                lambda image: image.copy_batch([Piece(2 * CLUSTER, 2 * CLUSTER, fd, 0, 0)]))
     finally:
         os.close(fd)
 

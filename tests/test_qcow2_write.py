@@ -12,7 +12,7 @@ from conftest import require_qemu, run
 from images.driver import DATA, UNALLOCATED, ZERO
 from images.errors import ImageError
 from images.qcow2 import Qcow2Image, create_qcow2
-from images.qcow2_format import QCOW2_EXT_MAGIC_FEATURE_TABLE, pack_header_area, parse_header
+from images.qcow2.format import QCOW2_EXT_MAGIC_FEATURE_TABLE, pack_header_area, parse_header
 
 K, M = 1024, 1024 * 1024
 SIZE = 3 * M

@@ -2,7 +2,7 @@
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from images.ratelimit import RateLimiter
+from images.jobs.ratelimit import RateLimiter
 
 KiB = 1024
 MiB = 1024 * KiB

@@ -1,4 +1,5 @@
-"""The stream's kernel-side fast path (images.copy_engine), judged by qemu-img compare/check.
+"""The stream's kernel-side fast path (images.jobs.copy_plan planning, images.qcow2.batch
+copying), judged by qemu-img compare/check.
 
 Every chain is streamed by a real BlockCore; the result must read exactly like the
 chain did (qemu-img compare against an untouched copy), check clean, and drop (or
@@ -14,9 +15,10 @@ import time
 import pytest
 
 from commands.core import BlockCore
-from images import copy_engine
-from images.copy_engine import Piece, clipped, next_window, plan_batch
-from images.driver import DATA, ZERO, Run
+from images.driver import DATA, ZERO, Piece, Run
+from images.jobs import copy_plan
+from images.jobs.copy_plan import clipped, next_window, plan_batch
+from images.qcow2 import batch
 from tests.conftest import ROOT, run
 from tests.oracle import check_clean, identical, info
 
@@ -27,12 +29,12 @@ K, M = 1024, 1 << 20
 def fast_bytes(monkeypatch):
     """A list that receives the length of every kernel-side copy."""
     seen = []
-    real = copy_engine._copy
+    real = batch._copy
 
     def counting(src, dst, source, dest, length, path):
         seen.append(length)
         return real(src, dst, source, dest, length, path)
-    monkeypatch.setattr(copy_engine, "_copy", counting)
+    monkeypatch.setattr(batch, "_copy", counting)
     return seen
 
 
@@ -192,7 +194,7 @@ class _Layer:
 
 
 def test_plan_sends_partial_clusters_the_normal_way(monkeypatch):
-    monkeypatch.setattr(copy_engine, "source_fd", lambda image: 7)
+    monkeypatch.setattr(copy_plan, "source_fd", lambda image: 7)
     layers = [_Layer(), _Layer()]
     extents = [Run(DATA, 10 * K, 150 * K, 1000 * K, 0), Run(ZERO, 160 * K, 32 * K, None, 0),
                Run(DATA, 192 * K, 64 * K, None, 0)]
@@ -203,7 +205,7 @@ def test_plan_sends_partial_clusters_the_normal_way(monkeypatch):
 
 
 def test_plan_joins_pieces_of_two_layers_into_whole_clusters(monkeypatch):
-    monkeypatch.setattr(copy_engine, "source_fd", lambda image: 5)
+    monkeypatch.setattr(copy_plan, "source_fd", lambda image: 5)
     extents = [Run(DATA, 0, 40 * K, 0, 0), Run(DATA, 40 * K, 24 * K, 900 * K, 1)]
     fast, rest = plan_batch(extents, [_Layer()] * 3, 64 * K)
     assert fast == [Piece(0, 40 * K, 5, 0, 0), Piece(40 * K, 24 * K, 5, 900 * K, 1)]

@@ -1,26 +1,21 @@
 """Replays the transcript's HMP lines whose answer does not depend on block state.
 
 Help texts and parse errors come from the table and the parser alone, so every
-such exchange in ../shared/reference/qemu-7.2-transcript.txt must match byte for
+such exchange in tests/data/qemu-7.2-transcript.txt must match byte for
 byte (CRLF shown as LF there).  The one line we answer differently on purpose is
 ``block_stream virtio0 A.qcow2`` (issue 4: a non-size second word is the base).
 """
-import os
-
 import pytest
 
 from commands.hmp import HmpInterpreter
-from conftest import SHARED
+from conftest import TRANSCRIPT
 from fake_core import FakeCore
 
-TRANSCRIPT = os.path.join(SHARED, "reference", "qemu-7.2-transcript.txt")
 DELIBERATELY_DIFFERENT = {"block_stream virtio0 A.qcow2"}
 
 
 def exchanges():
     """(command, answer) for every '(qemu) ' line followed by its answer lines."""
-    if not os.path.exists(TRANSCRIPT):
-        return []
     lines = open(TRANSCRIPT, encoding="utf-8").read().splitlines()
     found = []
     for index, line in enumerate(lines):

@@ -1,6 +1,6 @@
 """Issue 4, acceptance 2: replay the QEMU 7.2 transcript against a real core.
 
-Every ``(qemu) cmd`` and ``QMP> {...}`` of ../shared/reference/qemu-7.2-transcript.txt
+Every ``(qemu) cmd`` and ``QMP> {...}`` of tests/data/qemu-7.2-transcript.txt
 is parsed with its answer and run, in order, per session (s1..s4), against
 ``BlockCore`` on a private copy of the 256 MiB benchmark chain opened as QEMU's
 ``-drive if=none,id=virtio0``.  Texts are compared up to paths and node names:
@@ -33,10 +33,9 @@ from commands.core import BlockCore
 from commands.devices import derived_node_name
 from commands.errors import CommandError, qmp_error
 from commands.hmp import HmpInterpreter
-from conftest import SHARED, run
+from conftest import TRANSCRIPT, run
 from images.errors import BlockError
 
-TRANSCRIPT = os.path.join(SHARED, "reference", "qemu-7.2-transcript.txt")
 CHAIN_SIZE = 256 * 1024 * 1024
 QEMU_SIZE = 2147483648
 WAIT = 120     # seconds: a bound so that a stuck job fails the test instead of hanging it
@@ -112,8 +111,6 @@ def parse_sessions(text: str):
 
 
 def load_sessions():
-    if not os.path.exists(TRANSCRIPT):
-        return {}
     with open(TRANSCRIPT, encoding="utf-8") as handle:
         return parse_sessions(handle.read())
 

@@ -6,10 +6,10 @@ refcounts of the run are updated per refcount block, and the L2 table gets one
 pwrite of the changed slice.  Order on disk (so a kill leaves at worst leaks):
 data, then refcounts, then L2, then L1; frees clear the L2 entry before the
 refcount is decremented.  A write is planned whole before any byte goes out: the
-plan runs the metadata-overlap checks (qcow2_overlap) on every in-place host run and
+plan runs the metadata-overlap checks (overlap) on every in-place host run and
 every L2 table reached through L1, so a refused write leaves the file unchanged.
 """
-from .qcow2_format import (AUTOCLEAR_FEATURES_OFFSET, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED,
+from .format import (AUTOCLEAR_FEATURES_OFFSET, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED,
                            QCOW_OFLAG_COPIED, QCOW_OFLAG_ZERO, compressed_extent, image_error)
 
 ZERO_CHUNK = 1 << 20      # explicit zero writes (v2 with a backing file) go out in chunks

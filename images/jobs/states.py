@@ -2,11 +2,10 @@
 
 ``TRANSITIONS[s]`` is the set of states a job in state ``s`` may move to;
 ``VERBS[v]`` is the set of states in which the user verb ``v`` is accepted.
-Also here: job id syntax (util/id.c ``id_wellformed``), the on-error policy
-(blockjob.c ``block_job_error_action``) and a failed job's message, all plain
-functions of their input.
+Also here: job id syntax (util/id.c ``id_wellformed``) and a failed job's message,
+plain functions of their input.  The on-error policy is a block job's
+(``blockjob``).
 """
-import errno
 import os
 
 from images.errors import BlockError, ImageIOError
@@ -46,9 +45,6 @@ VERBS = {
 # States after which the job body has finished and the job is (being) torn down.
 FINISHED = frozenset({"concluded", "null"})
 
-ON_ERROR_POLICIES = ("report", "ignore", "enospc", "stop", "auto")
-
-
 def verb_error_text(job_id, state, verb):
     """QEMU's job_apply_verb refusal."""
     return "Job '%s' in state '%s' cannot accept command verb '%s'" % (job_id, state, verb)
@@ -61,20 +57,6 @@ def id_wellformed(job_id):
     if not (job_id[0].isascii() and job_id[0].isalpha()):
         return False
     return all(ch.isascii() and (ch.isalnum() or ch in "-._") for ch in job_id[1:])
-
-
-def error_action_for(policy, err):
-    """block_job_error_action: the action ('report'|'ignore'|'stop') for errno ``err``."""
-    if policy in ("enospc", "auto"):
-        return "stop" if err == errno.ENOSPC else "report"
-    if policy in ("report", "ignore", "stop"):
-        return policy
-    raise ValueError("unknown on-error policy %r" % (policy,))
-
-
-def io_status_for(err):
-    """block_job_iostatus_set_err: 'nospace' for ENOSPC, else 'failed'."""
-    return "nospace" if err == errno.ENOSPC else "failed"
 
 
 def error_text(exc) -> str:

@@ -15,12 +15,11 @@ clusters changes; they equal what the chain returned, so the image stays right.
 import os
 import time
 
-from .chain import chain_of
-from .copy_engine import (Writeback, clipped, copy_batch, fast_path_top, next_window, plan_batch,
-                          work_extents)
-from .driver import UNALLOCATED, ZERO
-from .errors import ImageIOError
-from .jobs import Job
+from ..chain import chain_of
+from ..driver import UNALLOCATED, ZERO
+from ..errors import ImageIOError
+from .blockjob import BlockJob
+from .copy_plan import Writeback, clipped, fast_path_top, next_window, plan_batch, work_extents
 
 STREAM_CHUNK = 512 * 1024          # QEMU's chunk: the step while a speed is set
 STREAM_BATCH = 4 * 1024 * 1024     # the step at full speed: one lock hold each (guest p99)
@@ -43,7 +42,7 @@ def backing_reference_for(top, base, explicit=None):
     return base.path
 
 
-class StreamJob(Job):
+class StreamJob(BlockJob):
     job_type = "stream"
     # QEMU's stream_run passes is_read=true: the failed request is the copy-on-read
     # prefetch, even when it was the write into the top that failed.
@@ -107,7 +106,8 @@ class StreamJob(Job):
 
         Planned once under the top's lock: the ranges the top leaves unallocated,
         the extents below them, whole clusters of plain data copied in the kernel
-        (copy_engine), the rest (edges, compressed, zeros) through the write path.
+        (copy_plan, then the top's copy_batch), the rest (edges, compressed, zeros)
+        through the write path.
         """
         top = self.top
         written = (0, 0)
@@ -122,11 +122,11 @@ class StreamJob(Job):
             rest, copied = extents, 0
             if fast_path_top(top):
                 fast, rest = plan_batch(extents, layers, top.cluster_size)
-                written = copy_batch(top, fast)
+                written = top.copy_batch(fast)
                 copied = written[1]
             for below in rest:
                 copied += self._copy_run(layers, below)
-            fd = top.io.fd if written[1] else -1
+            fd = top.data_fd() if written[1] else -1
         self._writeback.start(fd, *written)   # outside the lock: guest I/O goes on
         return end - offset, copied
 
@@ -135,7 +135,7 @@ class StreamJob(Job):
         makes the completion durable) has little left and guest writes wait less."""
         if fast_path_top(self.top):
             try:
-                os.fsync(self.top.io.fd)
+                os.fsync(self.top.data_fd())
             except OSError:
                 pass    # prepare's flush reports the error
 

@@ -24,12 +24,12 @@ now uses the target), all in that one drained section; then the body returns and
 the engine emits waiting, pending, BLOCK_JOB_COMPLETED.  A force cancel, or any
 cancel before ready, leaves the device on the source: BLOCK_JOB_CANCELLED.
 """
-from .chain import block_status_above, chain_of, extents_above
-from .copy_engine import Writeback, copy_batch, fast_path_top, plan_batch
-from .dirty_bitmap import DirtyBitmap
-from .driver import DATA, UNALLOCATED
-from .errors import ImageIOError, JobError
-from .jobs import Job
+from ..chain import block_status_above, chain_of, extents_above
+from ..dirty_bitmap import DirtyBitmap
+from ..driver import DATA, UNALLOCATED
+from ..errors import ImageIOError, JobError
+from .blockjob import ON_ERROR_POLICIES, BlockJob
+from .copy_plan import Writeback, fast_path_top, plan_batch
 
 MIRROR_CHUNK = 512 * 1024           # bytes per step while a speed limit is set
 MIRROR_BATCH = 4 * 1024 * 1024      # bytes per step at full speed: one source-lock hold
@@ -60,7 +60,7 @@ def initial_dirty(bitmap, source, sync, whole_disk=False):
             bitmap.set(run.offset, run.length)
 
 
-class MirrorJob(Job):
+class MirrorJob(BlockJob):
     job_type = "mirror"
     supports_complete = True
 
@@ -71,7 +71,7 @@ class MirrorJob(Job):
         """Build the job and its initial bitmap; call with ``source.lock`` held when
         guests may write, and register ``guest_write`` before releasing it."""
         super().__init__(job_id, events, on_error=on_source_error, **job_options)
-        if on_target_error not in ("report", "ignore", "enospc", "stop", "auto"):
+        if on_target_error not in ON_ERROR_POLICIES:
             raise JobError("Parameter 'on-target-error' does not accept value '%s'"
                            % (on_target_error,))
         self.source = source
@@ -194,9 +194,9 @@ class MirrorJob(Job):
             if data and fast_path_top(self.target) and self._target_unallocated(offset, length):
                 pieces, rest = plan_batch(data, [self.target] + chain_of(self.source),
                                           self.target.cluster_size)
-                host, done = copy_batch(self.target, pieces)
+                host, done = self.target.copy_batch(pieces)
                 if done:
-                    written = (self.target.io.fd, host, done)
+                    written = (self.target.data_fd(), host, done)
                 copied += done
                 data = rest
             for run in data:

@@ -6,7 +6,7 @@ its id is free again, as in QEMU where such a job is unreferenced.
 import threading
 
 from images.errors import JobError
-from images.job_states import id_wellformed
+from images.jobs.states import id_wellformed
 
 
 class JobRegistry:

@@ -11,11 +11,11 @@ import os
 import struct
 from collections import OrderedDict
 
-from .driver import DATA, UNALLOCATED, ZERO
-from .errors import ImageIOError
-from .qcow2_format import (L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED,
+from ..driver import DATA, UNALLOCATED, ZERO
+from ..errors import ImageIOError
+from .format import (L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED,
                            QCOW_OFLAG_ZERO, image_error)
-from .qcow2_refcount import be_array
+from .refcount import be_array
 
 COMPRESSED = "compressed"
 L2_CACHE_SIZE = 32
@@ -172,36 +172,40 @@ class AddressMap:
             yield (ZERO, start, end - start, None, QCOW_OFLAG_ZERO)
             return
         entries = struct.unpack(">%dQ" % count, raw)
-        csize, base = self.cluster_size, start >> bits    # base: guest cluster of entries[0]
+        base = start >> bits                # guest cluster of entries[0]
         i, pos = 0, start
         while i < count:
-            entry = entries[i]
-            key = entry & _KEY_MASK        # host offset and the two kind flags
-            host = None
-            if entry & QCOW_OFLAG_COMPRESSED:
-                kind, j = COMPRESSED, i + 1
-            else:
-                if key & QCOW_OFLAG_ZERO:
-                    kind = ZERO
-                elif key:
-                    kind, host = DATA, key
-                    if host & (csize - 1):
-                        raise image_error(self.path, "data cluster offset %#x not aligned"
-                                          % host, host)
-                else:
-                    kind = UNALLOCATED
-                j, want, stride = i + 1, key, csize if kind == DATA else 0
-                if kind == ZERO:    # zero clusters merge whatever their host offset
-                    while j < count and entries[j] & _KIND_FLAGS == QCOW_OFLAG_ZERO:
-                        j += 1
-                else:
-                    while j < count and entries[j] & _KEY_MASK == want + stride:
-                        j, want = j + 1, want + stride
+            kind, host, j = self._entry_run(entries, i)
             nxt = min(end, (base + j) << bits)
             if host is not None:
-                host += pos & (csize - 1)
-            yield (kind, pos, nxt - pos, host, entry)
+                host += pos & (self.cluster_size - 1)
+            yield (kind, pos, nxt - pos, host, entries[i])
             i, pos = j, nxt
+
+    def _entry_run(self, entries, i: int):
+        """(kind, host offset or None, j): entries[i:j] form one run of that kind."""
+        csize, count = self.cluster_size, len(entries)
+        entry = entries[i]
+        key = entry & _KEY_MASK        # host offset and the two kind flags
+        if entry & QCOW_OFLAG_COMPRESSED:
+            return COMPRESSED, None, i + 1
+        host = None
+        if key & QCOW_OFLAG_ZERO:
+            kind = ZERO
+        elif key:
+            kind, host = DATA, key
+            if host & (csize - 1):
+                raise image_error(self.path, "data cluster offset %#x not aligned" % host, host)
+        else:
+            kind = UNALLOCATED
+        j, want, stride = i + 1, key, csize if kind == DATA else 0
+        if kind == ZERO:    # zero clusters merge whatever their host offset
+            while j < count and entries[j] & _KIND_FLAGS == QCOW_OFLAG_ZERO:
+                j += 1
+        else:
+            while j < count and entries[j] & _KEY_MASK == want + stride:
+                j, want = j + 1, want + stride
+        return kind, host, j
 
 
 def merged(runs, keep_compressed: bool = False):

@@ -12,7 +12,7 @@ import sys
 from array import array
 from collections import OrderedDict
 
-from .qcow2_format import (REFCOUNT_TABLE_FIELDS, REFCOUNT_TABLE_FIELDS_OFFSET,
+from .format import (REFCOUNT_TABLE_FIELDS, REFCOUNT_TABLE_FIELDS_OFFSET,
                            REFT_OFFSET_MASK, QCOW_MAX_REFTABLE_SIZE, image_error)
 
 BLOCK_CACHE_SIZE = 32

@@ -1,8 +1,8 @@
 """The qcow2 image: open (validated), read, block status, write, zero, discard,
 rewrite the backing reference, info; and ``create_qcow2``.
 
-The header lives in qcow2_format, refcounts in qcow2_refcount, address translation
-in qcow2_tables, the write paths in qcow2_writer.  This class ties them to one file
+The header lives in format, refcounts in refcount, address translation
+in tables, the write paths in writer.  This class ties them to one file
 and one lock.  It never opens the backing file: whoever opens the chain sets
 ``self.backing``.
 """
@@ -10,23 +10,24 @@ import os
 import zlib
 from typing import List, Optional
 
-from .driver import DATA, UNALLOCATED, BlockImage, Run
-from .errors import ImageError
-from .qcow2_format import (HEADER_STRUCT, MAX_BACKING_NAME, MAX_CLUSTER_BITS,
+from ..driver import DATA, UNALLOCATED, BlockImage, Run
+from ..errors import ImageError
+from .format import (HEADER_STRUCT, MAX_BACKING_NAME, MAX_CLUSTER_BITS,
                            MAX_HEADER_AREA_WRITE, MIN_CLUSTER_BITS, QCOW2_COMPAT_LAZY_REFCOUNTS,
                            QCOW2_COMPRESSION_TYPE_ZSTD, QCOW2_EXT_MAGIC_FEATURE_TABLE, QCOW2_INCOMPAT_CORRUPT,
                            QCOW2_INCOMPAT_DIRTY, compressed_extent,
                            MAX_VIRTUAL_SIZE, Qcow2Header, feature_table, image_error, new_header,
                            pack_header_area, parse_header)
-from .qcow2_overlap import MetadataIndex
-from .qcow2_refcount import RefcountManager
-from .qcow2_tables import COMPRESSED, AddressMap, HostFile, merged
-from .qcow2_writer import Qcow2Writer
+from .overlap import MetadataIndex
+from .refcount import RefcountManager
+from .tables import COMPRESSED, AddressMap, HostFile, merged
+from .batch import BatchWriter
+from .writer import Qcow2Writer
 
 READ_CHUNK = 1 << 22     # bound on one backing read while filling a request
 
 
-class Qcow2Image(Qcow2Writer, BlockImage):
+class Qcow2Image(Qcow2Writer, BatchWriter, BlockImage):
     """One qcow2 file (version 2 or 3) of a backing chain."""
 
     format_name = "qcow2"
@@ -154,6 +155,12 @@ class Qcow2Image(Qcow2Writer, BlockImage):
             self._check_range(offset, length)
             return [Run(kind, pos, n, host) for kind, pos, n, host, _ in
                     merged(self.map.runs(offset, length))]
+
+    def data_fd(self) -> Optional[int]:
+        return None if self.io is None else self.io.fd
+
+    def takes_batch_copy(self) -> bool:
+        return self.io is not None and not self.read_only
 
     # -- housekeeping ------------------------------------------------------
     def flush(self) -> None:

@@ -9,9 +9,9 @@ import struct
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from .errors import ImageError
+from ..errors import ImageError
 
-QCOW_MAGIC = b"QFI\xfb"
+QCOW2_MAGIC = b"QFI\xfb"
 
 # Header fields in file order.  Version 2 ends after snapshots_offset (72 bytes);
 # version 3 adds the feature words, refcount order, header length and (when the
@@ -138,7 +138,7 @@ def parse_header(buf: bytes, path: str, file_size: int) -> Qcow2Header:
     """Parse and validate the header area ``buf`` (the file's first cluster or less)."""
     if len(buf) < V2_HEADER_LENGTH:
         raise image_error(path, "truncated header (%d bytes)" % len(buf), len(buf))
-    if buf[:4] != QCOW_MAGIC:
+    if buf[:4] != QCOW2_MAGIC:
         raise image_error(path, "not a qcow2 image (magic %r)" % bytes(buf[:4]), bytes(buf[:4]))
     padded = bytes(buf[:HEADER_STRUCT.size]).ljust(HEADER_STRUCT.size, b"\0")
     fields = dict(zip(HEADER_NAMES, HEADER_STRUCT.unpack(padded)))
@@ -305,7 +305,7 @@ def new_header(cluster_bits: int, size: int, l1_size: int, l1_offset: int,
                reftable_offset: int, reftable_clusters: int) -> dict:
     """The fields of a fresh v3 header with 16-bit refcounts and zlib compression."""
     return dict(
-        magic=QCOW_MAGIC, version=3, backing_file_offset=0, backing_file_size=0,
+        magic=QCOW2_MAGIC, version=3, backing_file_offset=0, backing_file_size=0,
         cluster_bits=cluster_bits, size=size, crypt_method=0, l1_size=l1_size,
         l1_table_offset=l1_offset, refcount_table_offset=reftable_offset,
         refcount_table_clusters=reftable_clusters, nb_snapshots=0, snapshots_offset=0,

@@ -15,7 +15,7 @@ read-only open pays nothing); a check costs two bisections.
 """
 from bisect import bisect_right, insort
 
-from .qcow2_format import L1E_OFFSET_MASK, REFT_OFFSET_MASK, image_error
+from .format import L1E_OFFSET_MASK, REFT_OFFSET_MASK, image_error
 
 HEADER = "the header cluster"
 L1_TABLE = "the L1 table"

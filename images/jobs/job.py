@@ -1,11 +1,11 @@
-"""The generic block-job engine: QEMU's job.c and blockjob.c over Python threads.
+"""The generic job: QEMU's job.c over Python threads (states, verbs, the job thread).
 
-A ``Job`` owns its state (the tables in ``job_states``), its verbs (pause, resume,
-cancel, set-speed, complete, finalize, dismiss, with QEMU's refusal texts), its rate
-limiter and its events.  A subclass supplies the body ``run()``, executed in a
-daemon thread, and the hooks ``prepare``/``abort``/``clean``.  The body calls
-``checkpoint()`` between chunks: that is where pause, cancel and the rate-limit
-sleep happen, as at QEMU's ``block_job_ratelimit_sleep``.
+A ``Job`` owns its state (the tables in ``states``), its user verbs (pause, resume,
+cancel, complete, finalize, dismiss, with QEMU's refusal texts) and its thread.  A
+subclass names its ``job_type`` (there is no default) and supplies the body
+``run()``, executed in a daemon thread, and the hooks ``prepare``/``abort``/
+``clean``.  What a *block* job adds (speed, the device, BLOCK_JOB_* events, the
+on-error policy) is ``blockjob.BlockJob``, as QEMU's blockjob.c adds it to job.c.
 
 Event order follows QEMU 7.2 (reference section 4.2):
     success  created running waiting pending [prepare] BLOCK_JOB_COMPLETED concluded null
@@ -13,8 +13,7 @@ Event order follows QEMU 7.2 (reference section 4.2):
     failure  ... aborting BLOCK_JOB_COMPLETED{error} concluded null
 Every status change is one JOB_STATUS_CHANGE.  'created' is published by
 ``JobRegistry.add`` (or by ``start`` for a job never added), after the id checks,
-so a refused id publishes nothing; a negative speed then gives 'created', 'null'
-and an error, as QEMU's block_job_create does.
+so a refused id publishes nothing.
 
 Locking: one re-entrant lock per job guards all of its state.  Events are published
 and the hooks prepare/abort/clean run with that lock held, so what subscribers see is
@@ -24,45 +23,27 @@ the job's verbs.  The body runs without the lock.
 import errno
 import os
 import threading
-import time
 
 from images.errors import JobError
-from images.job_states import (FINISHED, ON_ERROR_POLICIES, STATES, TRANSITIONS,  # noqa: F401
-                               VERBS, error_action_for, error_text, io_status_for,
-                               verb_error_text)
-from images.job_registry import JobRegistry  # noqa: F401  (re-exported)
-from images.ratelimit import RateLimiter
+from images.jobs.states import FINISHED, TRANSITIONS, VERBS, error_text, verb_error_text
 
-__all__ = ["Job", "JobRegistry", "STATES", "TRANSITIONS", "VERBS"]
-
-SPEED_ERROR = "Parameter 'speed' expects a non-negative value"
-
-# Longest single wait of the rate-limit sleep; the delay is re-read after it, so this
-# only keeps huge delays (tiny speeds) within what Condition.wait accepts.
-MAX_WAIT = 3600.0
+__all__ = ["Job"]
 
 
 class Job:
-    """One block job.  Subclasses set ``job_type`` and implement ``run``."""
+    """One job.  Subclasses name their ``job_type`` and implement ``run``."""
 
-    job_type = "stream"
+    job_type = None             # every kind names its own: 'stream', 'mirror', ...
     supports_complete = False   # only jobs with a READY phase (mirror) can be completed
-    # BLOCK_JOB_ERROR's 'operation' when the job fixes it (stream: always 'read');
-    # None reports the failed request's own operation.
-    error_operation = None
 
-    def __init__(self, job_id, events, *, speed=0, on_error="report", auto_finalize=True,
-                 auto_dismiss=True, clock=time.monotonic, sleep=None):
-        if on_error not in ON_ERROR_POLICIES:
-            raise JobError("Parameter 'on-error' does not accept value '%s'" % (on_error,))
+    def __init__(self, job_id, events, *, auto_finalize=True, auto_dismiss=True):
+        if not self.job_type:
+            raise TypeError("%s does not name its job_type" % type(self).__name__)
         self.id = job_id
         self.events = events
         self.status = "undefined"
         self.len = 0
         self.offset = 0
-        self.speed = speed          # validated when the job is created (see create)
-        self.on_error = on_error
-        self.io_status = "ok"
         self.error = None           # the failure message once the job failed or was cancelled
         self.exception = None       # the exception behind ``error``, for diagnosis
         self.busy = False
@@ -71,14 +52,11 @@ class Job:
         self._lock = threading.RLock()
         self._wake = threading.Condition(self._lock)      # kicks for the job thread
         self._changed = threading.Condition(self._lock)   # status changes, for wait()
-        self._limiter = RateLimiter(0, clock=clock)
-        self._sleep = sleep
         self._pause_count = 0
         self._user_paused = False
         self._cancelled = False
         self._started = False
         self._body_done = False
-        self._ignored_error = None
         self._thread = None
         self.hook_errors = []
 
@@ -95,31 +73,12 @@ class Job:
     def is_cancelled(self) -> bool:
         return self._cancelled
 
-    def info(self) -> dict:
-        """BlockJobInfo as query-block-jobs returns it."""
-        with self._lock:
-            data = {
-                "type": self.job_type, "device": self.id, "len": self.len,
-                "offset": self.offset, "busy": self.busy, "paused": self.paused,
-                "speed": self.speed, "io-status": self.io_status,
-                "ready": self.status in ("ready", "standby"), "status": self.status,
-                "auto-finalize": self.auto_finalize, "auto-dismiss": self.auto_dismiss,
-            }
-            if self.error is not None:
-                data["error"] = self.error
-            return data
-
     # -- life cycle ------------------------------------------------------------
     def create(self):
-        """job_create + block_job_create: 'created', then the speed check ('null' on failure)."""
+        """job_create: 'created' (once)."""
         with self._lock:
-            if self.status != "undefined":
-                return
-            self._transition("created")
-            if self.speed < 0:
-                self._transition("null")
-                raise JobError(SPEED_ERROR)
-            self._limiter.set_speed(self.speed)
+            if self.status == "undefined":
+                self._transition("created")
 
     def start(self):
         """created -> running, then run the body in a daemon thread."""
@@ -154,8 +113,6 @@ class Job:
 
     def _completed(self, failure):
         """job_completed: decide success or abort once the body has returned."""
-        if failure is None:
-            failure = self._ignored_error
         if failure is not None:
             self._fail(failure)
         elif self._cancelled:
@@ -167,7 +124,7 @@ class Job:
         self._transition("waiting")
         self._transition("pending")
         if not self.auto_finalize:
-            self.events.publish("BLOCK_JOB_PENDING", {"type": self.job_type, "id": self.id})
+            self._announce_pending()
             return
         self._do_finalize()
 
@@ -190,14 +147,7 @@ class Job:
             self._call_hook(self.abort)
         self._call_hook(self.clean)
         if self._started:
-            data = {"type": self.job_type, "device": self.id, "len": self.len,
-                    "offset": self.offset, "speed": self.speed}
-            if self._cancelled:
-                self.events.publish("BLOCK_JOB_CANCELLED", data)
-            else:
-                if self.error is not None:
-                    data["error"] = self.error
-                self.events.publish("BLOCK_JOB_COMPLETED", data)
+            self._announce_end()
         self._transition("concluded")
         if self.auto_dismiss or not self._started:
             self._transition("null")
@@ -257,7 +207,6 @@ class Job:
             self._wake.notify_all()
 
     def _unpause_user(self):
-        self.io_status = "ok"
         self._user_paused = False
         self._pause_count -= 1
 
@@ -279,18 +228,6 @@ class Job:
             else:
                 self._wake.notify_all()
         self._raise_hook_errors(known)
-
-    def set_speed(self, speed):
-        """block_job_set_speed: kicks a sleeping job only if the limit was lifted or raised."""
-        with self._lock:
-            self._apply_verb("set-speed")
-            if speed < 0:
-                raise JobError(SPEED_ERROR)
-            old_speed = self.speed
-            self._limiter.set_speed(speed)
-            self.speed = speed
-            if speed == 0 or speed > old_speed:
-                self._wake.notify_all()
 
     def complete(self):
         """job_complete: only jobs in ready/standby that support it (never stream)."""
@@ -331,37 +268,13 @@ class Job:
     def on_complete(self):
         """The 'complete' verb for jobs with ``supports_complete``."""
 
+    def _announce_pending(self):
+        """Held in 'pending' (auto-finalize off): block jobs publish BLOCK_JOB_PENDING."""
+
+    def _announce_end(self):
+        """The final event of a started job, before 'concluded' (BLOCK_JOB_COMPLETED...)."""
+
     # -- helpers the body calls ------------------------------------------------------
-    def checkpoint(self) -> bool:
-        """Rate-limit sleep and pause point; False once cancelled (the body must return).
-
-        As block_job_ratelimit_sleep: sleep while the limiter asks for it, re-reading
-        the delay after every wake-up so that set_speed, pause and cancel act at once.
-        """
-        while True:
-            with self._lock:
-                if self._cancelled:
-                    return False
-                delay = self._limiter.delay()
-                if delay > 0 and self._sleep is None:
-                    self.busy = False
-                    self._wake.wait(min(delay, MAX_WAIT))
-                    self.busy = True
-            if delay > 0 and self._sleep is not None:
-                self._injected_sleep(delay)
-            with self._lock:
-                self._pause_point()
-                if delay <= 0:
-                    return not self._cancelled
-
-    def _injected_sleep(self, delay):
-        # Tests inject a sleep that advances a fake clock; it runs without the lock.
-        with self._lock:
-            self.busy = False
-        self._sleep(delay)
-        with self._lock:
-            self.busy = True
-
     def _pause_point(self):
         """job_pause_point: park in 'paused' while a pause is requested (lock held)."""
         if self._pause_count <= 0 or self._cancelled:
@@ -375,11 +288,6 @@ class Job:
         self.busy = True
         self._transition(resumed_status)
 
-    def account_copied(self, nbytes):
-        """Charge copied bytes to the rate limiter (skipped ranges are free)."""
-        with self._lock:
-            self._limiter.account(nbytes)
-
     def progress(self, nbytes):
         with self._lock:
             self.offset += nbytes
@@ -387,29 +295,3 @@ class Job:
     def set_len(self, length):
         with self._lock:
             self.len = length
-
-    def error_action(self, exc) -> str:
-        """block_job_error_action: publish BLOCK_JOB_ERROR and apply the on-error policy.
-
-        Returns 'report' (the body re-raises), 'ignore' (the body goes on; the job
-        still fails at the end with the first such error) or 'retry' (policy stop:
-        the job paused with io-status failed/nospace and was resumed or cancelled).
-        """
-        err = getattr(exc, "errno", None) or errno.EIO
-        action = error_action_for(self.on_error, err)
-        with self._lock:
-            self.events.publish("BLOCK_JOB_ERROR", {
-                "device": self.id,
-                "operation": self.error_operation or getattr(exc, "operation", "read"),
-                "action": action})
-            if action == "ignore" and self._ignored_error is None:
-                self._ignored_error = exc
-            if action != "stop":
-                return action
-            if not self._user_paused:
-                self._pause_count += 1
-                self._user_paused = True
-            if self.io_status == "ok":
-                self.io_status = io_status_for(err)
-            self._pause_point()
-            return "retry"
