@@ -223,7 +223,9 @@ def start_mirror(core, owner, source, target, args, whole_disk):
     """Build the job under the source's lock, hook it into the guest path, start it."""
     table = core.devices
     granularity = args.get("granularity") or _default_granularity(target)
-    with source.lock:
+    # Drained, as QEMU's mirror start: a guest request in flight picked the bare top
+    # (no notifier) and must land before the initial bitmap is taken.
+    with owner.io_lock, source.lock:
         job = MirrorJob(
             args.get("job-id", owner.name), core.events, source, target,
             sync=args["sync"], granularity=granularity,

@@ -170,3 +170,46 @@ def test_sigkill_leaves_source_intact_and_images_valid(tmp_path):
             same, text = identical(top, model_path, "qcow2", "raw")
         assert same, (moment, delay, text)
     assert os.path.exists(pristine_model_path)
+
+
+def test_a_guest_writing_all_the_time_loses_nothing(tmp_path_factory):
+    """One guest thread writes without pause from the command to after the switch, in
+    both copy modes; the target then equals every write, in order."""
+    require_qemu()
+    for copy_mode in ("background", "write-blocking"):
+        tmp = str(tmp_path_factory.mktemp("busy"))
+        top = small_chain(tmp, size_mib=64)
+        model_path, model = model_of(tmp, top)
+        s = Session(top)
+        device = s.core.devices.device("virtio0")
+        rng, stop, count = random.Random(copy_mode), threading.Event(), [0]
+
+        def guest():
+            while not stop.is_set():
+                offset = rng.randrange(0, 64 * MiB - 65536, 512)
+                data = bytes([rng.randrange(1, 256)]) * rng.choice([512, 4096, 65536])
+                with device.io_lock:
+                    device.guest_image().write(offset, data)
+                model[offset:offset + len(data)] = data
+                count[0] += 1
+
+        writer = threading.Thread(target=guest)
+        target = os.path.join(tmp, "busy.qcow2")
+        try:
+            writer.start()
+            assert s.qmp("drive-mirror", {"device": "virtio0", "target": target, "sync": "full",
+                                          "copy-mode": copy_mode}) == {}
+            s.wait_status("ready")
+            s.qmp("block-job-complete", {"device": "virtio0"})
+            s.wait_gone()
+            time.sleep(0.05)
+        finally:
+            stop.set()
+            writer.join()
+            s.close()
+        with open(model_path, "wb") as f:
+            f.write(model)
+        assert count[0] > 10
+        same, text = identical(target, model_path, "qcow2", "raw")
+        assert same, (copy_mode, text)
+        assert check_clean(target)[0]

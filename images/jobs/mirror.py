@@ -7,10 +7,11 @@ byte, for a target that cannot be assumed to read as zeros) and from then on
 grows with every guest write, reported by a write notifier (``guest_write``, see
 ``guest_io``).  ``len`` = ``offset`` + dirty bytes, as QEMU counts it.
 
-Ordering that makes "no write is lost" hold: the job cleans a range in the bitmap,
-reads it from the source and writes it to the target while holding the source's
-lock; a guest write takes the same lock and marks its range after the write.  So
-a write either lands before the job reads, or re-dirties the range afterwards.
+Ordering that makes "no write is lost" hold: the job cleans a range in the bitmap
+and plans its copy while holding the source's lock; a guest write takes the same
+lock and marks its range after the write.  So a write either lands before the
+job plans, or re-dirties the range afterwards (the copy itself may then read old
+or new bytes: the range is copied again either way).
 In ``write-blocking`` copy mode the notifier writes the guest's bytes to the
 target as well, still under the source's lock, so they cannot interleave with
 the job's copy of the same range.
@@ -32,7 +33,7 @@ from .blockjob import ON_ERROR_POLICIES, BlockJob
 from .copy_plan import Writeback, fast_path_top, plan_batch
 
 MIRROR_CHUNK = 512 * 1024           # bytes per step while a speed limit is set
-MIRROR_BATCH = 4 * 1024 * 1024      # bytes per step at full speed: one source-lock hold
+MIRROR_BATCH = 16 * 1024 * 1024     # bytes per step at full speed (QEMU's buffer)
 DEFAULT_BUF_SIZE = 16 * 1024 * 1024
 IDLE_WAIT = 1.0                     # seconds a ready job sleeps between looks (woken earlier)
 
@@ -150,7 +151,13 @@ class MirrorJob(BlockJob):
             self._wait_for_work()
 
     def _copy_step(self) -> bool:
-        """Copy up to one step of dirty ranges; False when nothing was dirty."""
+        """Copy up to one step of dirty ranges; False when nothing was dirty.
+
+        Planned, and the small parts (edges, zeros) copied, under the source's lock;
+        the bulk (whole clusters of plain data, copied in the kernel) under the
+        target's lock only, so guest writes to the source do not wait for it.  A
+        source cluster that changes meanwhile was re-dirtied by its write (or, in
+        write-blocking mode, is written to the target after this copy)."""
         step = self.chunk if self.speed else self.batch
         with self.source.lock:
             runs = self.bitmap.take(self._cursor, step)
@@ -161,22 +168,26 @@ class MirrorJob(BlockJob):
                 return False
             self._cursor = runs[-1][0] + runs[-1][1]
             try:
-                copied, written = self._copy_runs(runs)
+                copied, batches = self._copy_small(runs)
             except ImageIOError as err:
-                for offset, length in runs:
-                    self.bitmap.set(offset, length)
-                self._on_copy_error(err, runs)
-                return True
-        self._writeback.start(*written)
+                return self._copy_failed(err, runs)
+        try:
+            done, written = self._copy_bulk(batches)
+        except ImageIOError as err:
+            return self._copy_failed(err, runs)
+        for fd, host, length in written:
+            self._writeback.start(fd, host, length)
         advanced = sum(length for _offset, length in runs)
         with self._lock:
             self.offset += advanced
             self.len = self.offset + self.bitmap.count()
-        self.account_copied(copied)
+        self.account_copied(copied + done)
         return True
 
-    def _on_copy_error(self, err, runs):
+    def _copy_failed(self, err, runs) -> bool:
         """The on-source-error / on-target-error policy for a failed copy."""
+        for offset, length in runs:
+            self.bitmap.set(offset, length)
         self.on_error = self.on_target_error if err.operation == "write" else self.on_source_error
         action = self.error_action(err)
         if action == "report":
@@ -184,21 +195,20 @@ class MirrorJob(BlockJob):
         if action == "ignore":      # drop the range (QEMU retries it forever)
             for offset, length in runs:
                 self.bitmap.clear(offset, length)
+        return True
 
-    def _copy_runs(self, runs):
-        """Copy the ranges (source lock held); returns (bytes copied, writeback range)."""
-        copied, written = 0, (-1, 0, 0)
+    def _copy_small(self, runs):
+        """(Source lock held.)  Plan each range; write what the kernel copy cannot do
+        (edges, compressed data, zeros) at once; return (bytes copied, bulk batches)."""
+        copied, batches = 0, []
         for offset, length in runs:
             extents = extents_above(self.source, None, offset, length)
             data = [run for run in extents if run.kind == DATA]
             if data and fast_path_top(self.target) and self._target_unallocated(offset, length):
-                pieces, rest = plan_batch(data, [self.target] + chain_of(self.source),
+                pieces, data = plan_batch(data, [self.target] + chain_of(self.source),
                                           self.target.cluster_size)
-                host, done = self.target.copy_batch(pieces)
-                if done:
-                    written = (self.target.data_fd(), host, done)
-                copied += done
-                data = rest
+                if pieces:
+                    batches.append((offset, length, pieces))
             for run in data:
                 self.target.write(run.offset, self.source.read(run.offset, run.length))
                 copied += run.length
@@ -206,6 +216,20 @@ class MirrorJob(BlockJob):
                 if run.kind != DATA and not self._target_reads_zero(run.offset, run.length):
                     self.target.write_zeroes(run.offset, run.length)
                     copied += run.length
+        return copied, batches
+
+    def _copy_bulk(self, batches):
+        """(Target lock only.)  The kernel-side copies; a range the guest wrote into the
+        target meanwhile (write-blocking) is left dirty for the next pass."""
+        copied, written = 0, []
+        with self.target.lock:
+            for offset, length, pieces in batches:
+                if not self._target_unallocated(offset, length):
+                    self.bitmap.set(offset, length)
+                    continue
+                host, done = self.target.copy_batch(pieces)
+                written.append((self.target.data_fd(), host, done))
+                copied += done
         return copied, written
 
     def _target_unallocated(self, offset, length) -> bool:
