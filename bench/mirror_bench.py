@@ -81,8 +81,7 @@ def qemu_mirror(chain_dir, warm_gib):
 def guest_latency(chain_dir, warm_gib):
     """4 KiB guest writes through the device while a full-speed mirror runs (a child process)."""
     out = subprocess.run([sys.executable, "-m", "bench.mirror_bench", "--latency",
-                          os.path.join(chain_dir, "D.qcow2"), "--warm", "%.2f" % warm_gib,
-                          "--shared-bench", peers.SHARED_BENCH],
+                          os.path.join(chain_dir, "D.qcow2"), "--warm", "%.2f" % warm_gib],
                          cwd=peers.ROOT, check=True, capture_output=True, text=True).stdout
     return {key: float(value) for key, value in (item.split("=") for item in out.split())}
 
@@ -144,12 +143,9 @@ def main(argv=None):
     parser.add_argument("--size", default="2G")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--work")
-    parser.add_argument("--shared-bench", default=peers.SHARED_BENCH,
-                        help="the directory of make_chain.sh and touch_ram.py")
     parser.add_argument("--latency", metavar="IMAGE", help=argparse.SUPPRESS)
     parser.add_argument("--warm", type=float, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    peers.SHARED_BENCH = args.shared_bench
     if args.latency:
         latency_main(args.latency, args.warm)
         return 0
