@@ -1,9 +1,11 @@
-"""``block-stream``: argument checks in QEMU's order, base lookup, op blockers, job start and clean-up."""
+"""``block-stream``: its own argument checks, the base lookup and its clean-up; the
+start/finish path every job shares is ``commands.block_jobs``."""
 import os
 
 from images.chain import chain_of
 from images.jobs.stream import StreamJob
 
+from .block_jobs import JobKind, JobPlan, start_block_job
 from .errors import CommandError
 
 
@@ -55,53 +57,37 @@ def resolve_stream_base(table, top, device, args):
     return None
 
 
-def start_stream(core, args):
-    with core.devices.graph_lock:
-        return _start_stream(core, args)
-
-
-def _start_stream(core, args):
-    if core.closing:
-        raise CommandError("Cannot start a block job: blockmon is shutting down")
-    table = core.devices
-    device = args["device"]
+def _check_base_arguments(args):
     if "base" in args and "base-node" in args:     # QEMU checks this before the lookup
         raise CommandError("'base' and 'base-node' cannot be specified at the same time")
-    on_error = args.get("on-error", "report")
-    top = table.lookup(device, device)
+
+
+def _plan_stream(table, top, device, args):
     base = resolve_stream_base(table, top, device, args)
     held = intermediate_images(top, base)
-    for image in held:
-        table.check_not_busy(image)
-    if base is None and "backing-file" in args:
-        raise CommandError("backing file specified, but streaming the entire chain")
-    job_id = args.get("job-id")
-    if job_id is None:
-        owner = table.device_of(top)
-        job_id = owner.name if owner is not None else ""
-    job = StreamJob(
-        job_id, core.events, top, base,
-        backing_file=args.get("backing-file"),
-        on_finished=lambda finished: _stream_finished(table, finished, held),
-        speed=args.get("speed", 0), on_error=on_error,
-        auto_finalize=args.get("auto-finalize", True),
-        auto_dismiss=args.get("auto-dismiss", True),
-    )
-    table.block(held, "stream")
-    try:
-        # QEMU's job_create order: id checks, 'created', then the speed check ('null' if it fails)
-        core.jobs_registry.add(job)
-    except Exception:
-        table.unblock(held)
-        raise
-    job.start()
-    return {}
+
+    def late_check():
+        if base is None and "backing-file" in args:
+            raise CommandError("backing file specified, but streaming the entire chain")
+
+    def create(job_id, events, on_finished, **common):
+        return StreamJob(job_id, events, top, base, backing_file=args.get("backing-file"),
+                         on_finished=on_finished, **common)
+    return JobPlan(held=held, create=create, late_check=late_check,
+                   cleanup=lambda job: _stream_finished(table, job, held))
+
+
+STREAM = JobKind("stream", plan=_plan_stream, early_check=_check_base_arguments)
+
+
+def start_stream(core, args):
+    return start_block_job(core, args, STREAM)
 
 
 def _stream_finished(table, job, held):
-    """The job's clean-up: release the blockers; if the top now backs onto the base,
-    close the streamed-out images no chain reaches and forget their node names."""
-    table.unblock(held)
+    """The stream's own clean-up (the blockers are already released): if the top now
+    backs onto the base, close the streamed-out images no chain reaches and forget
+    their node names."""
     if job.top.backing is job.base and job.status != "aborting":
         live = {id(img) for img in table.all_images()}
         for image in held[1:]:

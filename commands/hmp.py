@@ -14,10 +14,10 @@ from typing import Callable, Dict, Optional
 
 from images.errors import BlockError
 
-from . import hmp_info
+from . import hmp_info as info_text
 from .args import _SPACE, ParseError, parse_arguments
 from .errors import CommandError, QemuIoFailed, qmp_error
-from .table import find_command
+from .table import HMP_COMMANDS, INFO_COMMANDS, HmpCommand, find_command
 
 
 @dataclass(frozen=True)
@@ -36,7 +36,8 @@ def control_character(line: str) -> Optional[str]:
 
 
 class HmpInterpreter:
-    """Runs HMP command lines against ``core`` (see /work/CORE_API.md)."""
+    """Runs HMP command lines against ``core``: a ``commands.core.BlockCore`` (this
+    module uses its ``execute`` and ``wait_jobs``)."""
 
     def __init__(self, core, handlers: Optional[Dict[str, Callable[[dict], str]]] = None):
         self.core = core
@@ -54,21 +55,21 @@ class HmpInterpreter:
         command = find_command(word)
         if command is None:
             return HmpResult("unknown command: '%s'\n" % word, False)
-        typed, adapters = word, _ADAPTERS
+        typed, info = word, False
         if command.sub_table is not None and rest.strip(_SPACE):
             sub_word, rest = _split_word(rest.lstrip(_SPACE))
             typed = line[:len(line) - len(rest)].rstrip(_SPACE)
             command = find_command(sub_word, command.sub_table)
             if command is None:
                 return HmpResult("unknown command: '%s'\n" % typed, False)
-            word, adapters = sub_word, _INFO_ADAPTERS
+            word, info = sub_word, True
         try:
             args = parse_arguments(word, command.args_type, rest, command.word_fallback)
         except ParseError as err:
             return HmpResult('%s\nTry "help %s" for more information\n' % (err.message, typed), False)
-        if adapters is _ADAPTERS and command.primary in self.handlers:
+        if not info and command.primary in self.handlers:
             return self._run(lambda hmp, a: self.handlers[command.primary](a) or "", args)
-        return self._run(adapters[command.primary], args, command.primary == "quit")
+        return self._run(adapter_of(command, info), args, command.primary == "quit")
 
     def _run(self, adapter, args: dict, quit: bool = False) -> HmpResult:
         try:
@@ -97,7 +98,7 @@ def _split_word(text: str):
 
 
 # -- adapters: words -> QMP arguments -> text (block-hmp-cmds.c) --------------------------
-def _block_stream(hmp, args):
+def hmp_block_stream(hmp, args):
     device = args["device"]
     qmp = {"job-id": device, "device": device, "on-error": "report"}
     if "base" in args:
@@ -108,7 +109,7 @@ def _block_stream(hmp, args):
     return ""
 
 
-def _drive_mirror(hmp, args):
+def hmp_drive_mirror(hmp, args):
     """hmp_drive_mirror: -f is sync=full (else top), -n is mode=existing; unmap on."""
     qmp = {"device": args["device"], "target": args["target"],
            "sync": "full" if args.get("full") else "top",
@@ -131,7 +132,7 @@ def _job_verb(qmp_name, with_force=False, with_speed=False):
     return adapter
 
 
-def _snapshot_blkdev(hmp, args):
+def hmp_snapshot_blkdev(hmp, args):
     if "snapshot-file" not in args:
         raise CommandError("Parameter 'snapshot-file' is missing")
     qmp = {"device": args["device"], "snapshot-file": args["snapshot-file"],
@@ -142,68 +143,67 @@ def _snapshot_blkdev(hmp, args):
     return ""
 
 
-def _qemu_io(hmp, args):
+def hmp_qemu_io(hmp, args):
     return hmp.core.execute("x-blockmon-qemu-io",
                             {"device": args["device"], "command": args["command"]})
 
 
-def _help(hmp, args):
-    return hmp_info.format_help(args.get("name", "").split())
+def hmp_help(hmp, args):
+    return info_text.format_help(args.get("name", "").split())
 
 
-def _info(hmp, args):
-    return hmp_info.format_info_help()
+def hmp_info(hmp, args):
+    return info_text.format_info_help()
 
 
-def _quit(hmp, args):
+def hmp_quit(hmp, args):
     hmp.core.execute("quit", {})
     return ""
 
 
-def _info_block(hmp, args):
+def hmp_info_block(hmp, args):
     if args.get("nodes"):
         nodes = hmp.core.execute("query-named-block-nodes", {})
-        return hmp_info.format_nodes(nodes, bool(args.get("verbose")), args.get("device"))
+        return info_text.format_nodes(nodes, bool(args.get("verbose")), args.get("device"))
     devices = hmp.core.execute("query-block", {})
-    return hmp_info.format_block(devices, bool(args.get("verbose")), args.get("device"))
+    return info_text.format_block(devices, bool(args.get("verbose")), args.get("device"))
 
 
-def _info_blockmap(hmp, args):
+def hmp_info_blockmap(hmp, args):
     if "device" in args:
         names = [args["device"]]
     else:
         names = [info["device"] for info in hmp.core.execute("query-block", {})]
-    maps = [hmp_info.format_blockmap(name, hmp.core.execute("x-blockmon-block-map",
+    maps = [info_text.format_blockmap(name, hmp.core.execute("x-blockmon-block-map",
                                                             {"device": name}))
             for name in names]
-    return "\n".join(maps) + (hmp_info.BLOCKMAP_LEGEND if maps else "")
+    return "\n".join(maps) + (info_text.BLOCKMAP_LEGEND if maps else "")
 
 
-_ADAPTERS = {
-    "help": _help,
-    "quit": _quit,
-    "info": _info,
-    "block_stream": _block_stream,
-    "drive_mirror": _drive_mirror,
-    "block_job_set_speed": _job_verb("block-job-set-speed", with_speed=True),
-    "block_job_cancel": _job_verb("block-job-cancel", with_force=True),
-    "block_job_complete": _job_verb("block-job-complete"),
-    "block_job_pause": _job_verb("block-job-pause"),
-    "block_job_resume": _job_verb("block-job-resume"),
-    "snapshot_blkdev": _snapshot_blkdev,
-    "qemu-io": _qemu_io,
-}
+hmp_block_job_set_speed = _job_verb("block-job-set-speed", with_speed=True)
+hmp_block_job_cancel = _job_verb("block-job-cancel", with_force=True)
+hmp_block_job_complete = _job_verb("block-job-complete")
+hmp_block_job_pause = _job_verb("block-job-pause")
+hmp_block_job_resume = _job_verb("block-job-resume")
 
-_INFO_ADAPTERS = {
-    "version": lambda hmp, args: hmp_info.format_version(hmp.core.execute("query-version", {})),
-    "block": _info_block,
-    "block-jobs": lambda hmp, args: hmp_info.format_block_jobs(
-        hmp.core.execute("query-block-jobs", {})),
-    "blockmap": _info_blockmap,
-}
+
+def hmp_info_version(hmp, args):
+    return info_text.format_version(hmp.core.execute("query-version", {}))
+
+
+def hmp_info_block_jobs(hmp, args):
+    return info_text.format_block_jobs(hmp.core.execute("query-block-jobs", {}))
+
+
+def adapter_of(command: HmpCommand, info: bool = False):
+    """The adapter of a table entry: ``hmp_<name>`` (``hmp_info_<name>``), QEMU's naming; None
+    for the console-bound commands, which run through the interpreter's ``handlers``."""
+    name = ("hmp_info_" if info else "hmp_") + command.primary.replace("-", "_")
+    return globals().get(name)
 
 
 def adapter_names():
     """(HMP command, info subcommand) names that have adapters, for the table lint."""
-    return set(_ADAPTERS), set(_INFO_ADAPTERS)
+    return ({c.primary for c in HMP_COMMANDS if adapter_of(c) is not None},
+            {c.primary for c in INFO_COMMANDS if adapter_of(c, info=True) is not None})
 

@@ -22,6 +22,7 @@ from images.jobs.states import id_wellformed
 from images.qcow2 import Qcow2Image, create_qcow2
 from images.raw import RawImage, create_raw
 
+from .block_jobs import JobKind, JobPlan, start_block_job
 from .errors import CommandError
 
 KNOWN_FORMATS = ("qcow2", "raw")
@@ -48,16 +49,6 @@ def check_job_options(args, drive=False):
             raise CommandError("a node-name must be provided when replacing a named node "
                                "of the graph")
         raise CommandError("Parameter 'replaces' is not supported by blockmon")
-
-
-def source_device(table, name):
-    """The device whose active image is mirrored; QEMU's texts for unknown and inner nodes."""
-    source = table.lookup(name, name)
-    owner = table.device_of(source)
-    if owner is None:
-        raise CommandError("Need a root block node")
-    table.check_not_busy(source)
-    return owner, source
 
 
 def _in_open_chain(table, path):
@@ -168,85 +159,112 @@ def _link_backing(target, source, base, existing):
 
 
 def drive_mirror(core, args):
-    table = core.devices
-    with table.graph_lock:
-        if core.closing:
-            raise CommandError("Cannot start a block job: blockmon is shutting down")
-        owner, source = source_device(table, args["device"])
-        check_job_options(args, drive=True)
-        sync, fmt, base = plan_target(table, source, args)
-        _check_new_node_name(table, args.get("node-name"))
-        existing = args.get("mode", "absolute-paths") == "existing"
-        if existing and not os.path.exists(args["target"]):
-            raise CommandError("Could not open '%s': No such file or directory" % args["target"])
-        _check_job_id_free(core, args, owner)
-        created = None if existing else create_target(table, source, args["target"], fmt, base)
-        try:
-            target = open_target(table, source, args["target"], None if existing and
-                                 "format" not in args else fmt, base, existing)
-        except BaseException:
-            if created:
-                os.unlink(created)
-            raise
-        table.add_job_node(target, args.get("node-name"))
-        start_mirror(core, owner, source, target, dict(args, sync=sync), whole_disk=False)
-    return {}
+    return start_block_job(core, args, JobKind("mirror", plan=_drive_plan(core),
+                                               early_check=_drive_options))
 
 
 def blockdev_mirror(core, args):
-    table = core.devices
-    with table.graph_lock:
-        if core.closing:
-            raise CommandError("Cannot start a block job: blockmon is shutting down")
-        owner, source = source_device(table, args["device"])
+    return start_block_job(core, args, JobKind("mirror", plan=_blockdev_plan(core),
+                                               early_check=check_job_options))
+
+
+def _drive_options(args):
+    check_job_options(args, drive=True)
+
+
+def _drive_plan(core):
+    """drive-mirror: the target is checked after the busy check, made in ``create``."""
+    def plan(table, source, device, args):
+        owner, chosen = _root_device(table, source), {}
+
+        def late_check():
+            sync, fmt, base = plan_target(table, source, args)
+            _check_new_node_name(table, args.get("node-name"))
+            existing = args.get("mode", "absolute-paths") == "existing"
+            if existing and not os.path.exists(args["target"]):
+                raise CommandError("Could not open '%s': No such file or directory"
+                                   % args["target"])
+            _check_job_id_free(core, args, owner)
+            chosen.update(sync=sync, fmt=fmt, base=base, existing=existing)
+
+        def create(job_id, events, on_finished, **common):
+            target = _make_target(table, source, args, chosen)
+            table.add_job_node(target, args.get("node-name"))
+            return mirror_job(table, owner, source, target, job_id, events, on_finished,
+                              dict(args, sync=chosen["sync"]), common, whole_disk=False)
+
+        return JobPlan(held=[source], create=create, late_check=late_check,
+                       cleanup=lambda job: _finished(table, owner, job))
+    return plan
+
+
+def _make_target(table, source, args, chosen):
+    """Create (unless existing) and open the target; a file we created goes on failure."""
+    path, existing = args["target"], chosen["existing"]
+    created = None if existing else create_target(table, source, path, chosen["fmt"],
+                                                  chosen["base"])
+    fmt = None if existing and "format" not in args else chosen["fmt"]
+    try:
+        return open_target(table, source, path, fmt, chosen["base"], existing)
+    except BaseException:
+        if created:
+            os.unlink(created)
+        raise
+
+
+def _blockdev_plan(core):
+    """blockdev-mirror: the target is a node of the graph, held busy with the source."""
+    def plan(table, source, device, args):
+        owner = _root_device(table, source)
         target = table.lookup(args["target"], args["target"])
-        check_job_options(args)
         if target in chain_of(source) or table.device_of(target) is not None:
             raise CommandError("Node '%s' is busy: block device is in use" % args["target"])
-        table.check_not_busy(target)
-        _check_job_id_free(core, args, owner)
-        sync = args["sync"]
-        if sync == "top" and source.backing is None:
-            sync = "full"
-        start_mirror(core, owner, source, target, dict(args, sync=sync),
-                     whole_disk=sync == "full")
-    return {}
+        sync = "full" if args["sync"] == "top" and source.backing is None else args["sync"]
+
+        def create(job_id, events, on_finished, **common):
+            return mirror_job(table, owner, source, target, job_id, events, on_finished,
+                              dict(args, sync=sync), common, whole_disk=sync == "full")
+
+        return JobPlan(held=[source, target], create=create,
+                       late_check=lambda: _check_job_id_free(core, args, owner),
+                       cleanup=lambda job: _finished(table, owner, job))
+    return plan
+
+
+def _root_device(table, source):
+    owner = table.device_of(source)
+    if owner is None:
+        raise CommandError("Need a root block node")
+    return owner
 
 
 def _check_job_id_free(core, args, owner):
+    # The registry checks it too, but only after the target file was made.
     job_id = args.get("job-id", owner.name)
     if any(job.id == job_id for job in core.jobs()):
         raise CommandError("Job ID '%s' already in use" % job_id)
 
 
-def start_mirror(core, owner, source, target, args, whole_disk):
-    """Build the job under the source's lock, hook it into the guest path, start it."""
-    table = core.devices
-    granularity = args.get("granularity") or _default_granularity(target)
-    # Drained, as QEMU's mirror start: a guest request in flight picked the bare top
-    # (no notifier) and must land before the initial bitmap is taken.
+def mirror_job(table, owner, source, target, job_id, events, on_finished, args, common,
+               whole_disk):
+    """The job, built drained (as QEMU's mirror start: a guest request in flight picked
+    the bare top, without notifier, and must land before the initial bitmap is taken),
+    with its notifier on the device's guest path."""
+    common = dict(common, on_source_error=args.get("on-source-error", "report"))
+    common.pop("on_error", None)
     with owner.io_lock, source.lock:
         job = MirrorJob(
-            args.get("job-id", owner.name), core.events, source, target,
-            sync=args["sync"], granularity=granularity,
+            job_id, events, source, target, sync=args["sync"],
+            granularity=args.get("granularity") or _default_granularity(target),
             buf_size=args.get("buf-size") or DEFAULT_BUF_SIZE,
             copy_mode=args.get("copy-mode", "background"),
-            on_source_error=args.get("on-source-error", "report"),
             on_target_error=args.get("on-target-error", "report"),
             whole_disk=whole_disk or source.format_name == "raw",
             drain=lambda section: _drained(table, owner, section),
-            pivot=lambda finished: _pivot(table, owner, finished),
-            on_finished=lambda finished: _finished(table, owner, finished),
-            speed=args.get("speed", 0), auto_finalize=args.get("auto-finalize", True),
-            auto_dismiss=args.get("auto-dismiss", True))
+            pivot=lambda finished: _pivot(table, owner, finished), on_finished=on_finished,
+            **common)
         owner.write_notifiers.append(job.guest_write)
-    table.block([source, target], "mirror")
-    try:
-        core.jobs_registry.add(job)
-    except Exception:
-        _finished(table, owner, job)
-        raise
-    job.start()
+    return job
 
 
 def _default_granularity(target):
@@ -275,11 +293,10 @@ def _pivot(table, owner, job):
 
 
 def _finished(table, owner, job):
-    """Unhook the job, release the nodes, close every image no chain uses any more."""
+    """After the blockers went: unhook the job, close every image no chain uses any more."""
     if job.guest_write in owner.write_notifiers:
         owner.write_notifiers.remove(job.guest_write)
     with table.graph_lock:
-        table.unblock([job.source, job.target])
         if not job.pivoted:
             table.release_job_node(job.target)
         table.close_unused([job.source, job.target])

@@ -1,4 +1,4 @@
-"""QMP argument checking against the command table's schemas, with QAPI's texts.
+"""QMP argument checking against the command table entries' schemas, with QAPI's texts.
 
 Order follows QEMU's input visitor: members in schema order (missing, wrong type,
 bad enum value), then leftovers (``Parameter 'x' is unexpected``).  Nothing is
@@ -8,7 +8,7 @@ from typing import Optional
 
 from .args import INT64_MAX
 from .errors import COMMAND_NOT_FOUND, CommandError
-from .table import ENUMS, QMP_SCHEMAS
+from .table import ENUMS, find_qmp_command
 
 INT64_MIN = -INT64_MAX - 1
 _TYPE_WORDS = {"str": "string", "int": "integer", "bool": "boolean"}
@@ -16,10 +16,10 @@ _TYPE_WORDS = {"str": "string", "int": "integer", "bool": "boolean"}
 
 def schema_of(name: str) -> dict:
     """The schema of QMP command ``name``; CommandNotFound if there is none."""
-    schema = QMP_SCHEMAS.get(name)
-    if schema is None:
+    command = find_qmp_command(name)
+    if command is None:
         raise CommandError("The command %s has not been found" % name, COMMAND_NOT_FOUND)
-    return schema
+    return command.schema
 
 
 def validate_arguments(name: str, arguments: Optional[dict]) -> None:

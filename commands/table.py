@@ -1,8 +1,10 @@
-"""The one declarative command table: HMP commands, ``info`` subcommands, QMP schemas.
+"""The one declarative command table: HMP commands, ``info`` subcommands, QMP commands.
 
 Every reader of commands reads this module and nothing else: the HMP parser
 (``commands.args``), ``help`` (``commands.hmp_info``), QMP argument checking
-(``commands.qmp_args``), ``query-commands``, the console's completer and lexer.
+(``commands.qmp_args``), ``query-commands``, the console's completer and lexer,
+and ``BlockCore.execute``, which runs a QMP command through its entry: one
+``QmpCommand`` per command holds its name, its argument schema and its handler.
 
 HMP entries copy QEMU 7.2's ``hmp-commands.hx`` / ``hmp-commands-info.hx``:
 ``name`` (``|`` separates aliases, as QEMU prints it), ``args_type`` in QEMU's
@@ -10,10 +12,13 @@ grammar, ``params`` and ``help`` verbatim.  ``qmp`` names the QMP command the HM
 adapter calls (None for console-only commands); ``ours`` marks blockmon's
 extensions, whose help ends with "(blockmon)".  ``complete`` says where the
 completer finds candidates for an argument (default: by argument kind).
+An entry's HMP adapter is ``commands.hmp.hmp_<name>`` (``hmp_info_<name>`` for an
+info subcommand), QEMU's own naming, so no second map is keyed by the name.
 ``word_fallback`` is our one deliberate parser improvement: an optional size word
 that is not a size fills the named string argument instead (``block_stream
 virtio0 A``).
 """
+import importlib
 from dataclasses import dataclass, field
 from typing import Dict, Optional, Tuple
 
@@ -122,7 +127,9 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
                "pause the script for a number of seconds (blockmon)", ours=True),
 )
 
-# -- QMP schemas: argument name -> type; '*' marks optional (QAPI notation) ----------
+# -- QMP commands: name, argument schema, handler -------------------------------------------
+# A schema maps argument name -> type; '*' marks optional (QAPI notation); a type is
+# "str", "int", "bool", an enum name of ENUMS, or [type].
 ENUMS: Dict[str, Tuple[str, ...]] = {
     "BlockdevOnError": ON_ERROR_POLICIES,
     "NewImageMode": ("existing", "absolute-paths"),
@@ -137,44 +144,67 @@ _MIRROR_COMMON = {
     "*copy-mode": "MirrorCopyMode", "*auto-finalize": "bool", "*auto-dismiss": "bool",
 }
 
-QMP_SCHEMAS: Dict[str, Dict[str, object]] = {
-    "qmp_capabilities": {"*enable": ["str"]},
-    "query-version": {},
-    "query-commands": {},
-    "query-block": {},
-    "query-block-jobs": {},
-    "block-stream": {
-        "*job-id": "str", "device": "str", "*base": "str", "*base-node": "str",
-        "*backing-file": "str", "*speed": "int", "*on-error": "BlockdevOnError",
-        "*auto-finalize": "bool", "*auto-dismiss": "bool",
-    },
-    "drive-mirror": dict(_MIRROR_COMMON, **{"*format": "str", "*node-name": "str",
-                                            "*mode": "NewImageMode", "*unmap": "bool"}),
-    "blockdev-mirror": dict(_MIRROR_COMMON, **{"*filter-node-name": "str"}),
-    "blockdev-add": {
+
+@dataclass(frozen=True)
+class QmpCommand:
+    """One QMP command: its name, its argument schema and its handler.
+
+    ``handler`` is a reference, "module.function" inside this package, resolved
+    on first use (``handler_function``): the table imports no handler code, so
+    reading it (help, completion, the lexer) costs nothing and has no circle.
+    """
+    name: str
+    handler: str
+    schema: Dict[str, object] = field(default_factory=dict)
+
+
+_STREAM_SCHEMA = {
+    "*job-id": "str", "device": "str", "*base": "str", "*base-node": "str",
+    "*backing-file": "str", "*speed": "int", "*on-error": "BlockdevOnError",
+    "*auto-finalize": "bool", "*auto-dismiss": "bool",
+}
+_SNAPSHOT_SCHEMA = {
+    "*device": "str", "*node-name": "str", "snapshot-file": "str",
+    "*snapshot-node-name": "str", "*format": "str", "*mode": "NewImageMode",
+}
+
+QMP_COMMANDS: Tuple[QmpCommand, ...] = (
+    QmpCommand("qmp_capabilities", "qmp_handlers.qmp_capabilities", {"*enable": ["str"]}),
+    QmpCommand("query-version", "qmp_handlers.query_version"),
+    QmpCommand("query-commands", "qmp_handlers.query_commands"),
+    QmpCommand("query-block", "qmp_handlers.query_block"),
+    QmpCommand("query-block-jobs", "qmp_handlers.query_block_jobs"),
+    QmpCommand("block-stream", "block_stream.start_stream", _STREAM_SCHEMA),
+    QmpCommand("drive-mirror", "mirror.drive_mirror",
+               dict(_MIRROR_COMMON, **{"*format": "str", "*node-name": "str",
+                                       "*mode": "NewImageMode", "*unmap": "bool"})),
+    QmpCommand("blockdev-mirror", "mirror.blockdev_mirror",
+               dict(_MIRROR_COMMON, **{"*filter-node-name": "str"})),
+    QmpCommand("blockdev-add", "block_nodes.blockdev_add", {
         "driver": "str", "*node-name": "str", "*file": "any", "*filename": "str",
         "*backing": "any", "*read-only": "bool", "*auto-read-only": "bool",
-        "*discard": "str", "*cache": "any", "*detect-zeroes": "str", "*force-share": "bool",
-    },
-    "blockdev-del": {"node-name": "str"},
-    "query-named-block-nodes": {"*flat": "bool"},
-    "block-job-set-speed": {"device": "str", "speed": "int"},
-    "block-job-cancel": {"device": "str", "*force": "bool"},
-    "block-job-pause": {"device": "str"},
-    "block-job-resume": {"device": "str"},
-    "block-job-complete": {"device": "str"},
-    "block-job-finalize": {"id": "str"},
-    "block-job-dismiss": {"id": "str"},
-    "job-dismiss": {"id": "str"},
-    "blockdev-snapshot-sync": {
-        "*device": "str", "*node-name": "str", "snapshot-file": "str",
-        "*snapshot-node-name": "str", "*format": "str", "*mode": "NewImageMode",
-    },
-    "human-monitor-command": {"command-line": "str", "*cpu-index": "int"},
-    "x-blockmon-qemu-io": {"device": "str", "command": "str"},
-    "x-blockmon-block-map": {"device": "str"},
-    "quit": {},
-}
+        "*discard": "str", "*cache": "any", "*detect-zeroes": "str", "*force-share": "bool"}),
+    QmpCommand("blockdev-del", "block_nodes.blockdev_del", {"node-name": "str"}),
+    QmpCommand("query-named-block-nodes", "block_nodes.query_named_block_nodes",
+               {"*flat": "bool"}),
+    QmpCommand("block-job-set-speed", "qmp_handlers.block_job_set_speed",
+               {"device": "str", "speed": "int"}),
+    QmpCommand("block-job-cancel", "qmp_handlers.block_job_cancel",
+               {"device": "str", "*force": "bool"}),
+    QmpCommand("block-job-pause", "qmp_handlers.block_job_pause", {"device": "str"}),
+    QmpCommand("block-job-resume", "qmp_handlers.block_job_resume", {"device": "str"}),
+    QmpCommand("block-job-complete", "qmp_handlers.block_job_complete", {"device": "str"}),
+    QmpCommand("block-job-finalize", "qmp_handlers.job_finalize", {"id": "str"}),
+    QmpCommand("block-job-dismiss", "qmp_handlers.job_dismiss", {"id": "str"}),
+    # QEMU 3.0's generic twin of block-job-dismiss
+    QmpCommand("job-dismiss", "qmp_handlers.job_dismiss", {"id": "str"}),
+    QmpCommand("blockdev-snapshot-sync", "snapshot.snapshot_sync", _SNAPSHOT_SCHEMA),
+    QmpCommand("human-monitor-command", "qmp_handlers.human_monitor_command",
+               {"command-line": "str", "*cpu-index": "int"}),
+    QmpCommand("x-blockmon-qemu-io", "qmp_handlers.qemu_io", {"device": "str", "command": "str"}),
+    QmpCommand("x-blockmon-block-map", "qmp_handlers.block_map", {"device": "str"}),
+    QmpCommand("quit", "qmp_handlers.quit"),
+)
 
 
 def find_command(word: str, table: Tuple[HmpCommand, ...] = HMP_COMMANDS) -> Optional[HmpCommand]:
@@ -190,6 +220,21 @@ def command_words(table: Tuple[HmpCommand, ...] = HMP_COMMANDS) -> Tuple[str, ..
     return tuple(word for command in table for word in command.names)
 
 
+def find_qmp_command(name: str) -> Optional[QmpCommand]:
+    """The QMP entry called ``name``, or None."""
+    for command in QMP_COMMANDS:
+        if command.name == name:
+            return command
+    return None
+
+
 def qmp_command_names() -> Tuple[str, ...]:
     """What ``query-commands`` lists."""
-    return tuple(sorted(QMP_SCHEMAS))
+    return tuple(sorted(command.name for command in QMP_COMMANDS))
+
+
+def handler_function(command: QmpCommand):
+    """The function ``command.handler`` names: ``handler(core, arguments)``."""
+    module_name, _, function = command.handler.rpartition(".")
+    module = importlib.import_module("%s.%s" % (__package__, module_name))
+    return getattr(module, function)

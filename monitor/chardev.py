@@ -6,6 +6,7 @@ Only listening sockets are supported, in QEMU's spellings::
     unix:PATH,server,nowait             tcp:[::1]:PORT,server,nowait
 
 As in QEMU's option parser, ``,,`` stands for a literal comma inside the path.
+Boolean values take QEMU's spellings (``monitor.option_syntax``).
 A missing ``wait`` option means ``wait=off``: blockmon never blocks start-up
 waiting for a client.  Bad specs raise ``ChardevError`` with one line naming the
 bad part; the CLI prints it and exits with status 2.
@@ -13,11 +14,9 @@ bad part; the CLI prints it and exits with status 2.
 import ipaddress
 from dataclasses import dataclass
 
-from monitor.drive_options import split_commas
+from monitor.option_syntax import parse_bool, split_commas, split_key_value
 
 _SWITCHES = {"server": "server", "wait": "wait", "nowait": "wait", "noserver": "server"}
-_ON = ("on", "yes", "true")
-_OFF = ("off", "no", "false")
 
 
 class ChardevError(ValueError):
@@ -70,13 +69,13 @@ def parse_chardev(text: str) -> ChardevSpec:
 
 def _check_options(text: str, options):
     for option in options:
-        name, eq, value = option.partition("=")
+        name, value = split_key_value(option)
         if name not in _SWITCHES:
             raise ChardevError("chardev '%s': unsupported option '%s'" % (text, option))
-        if eq:
-            if name in ("nowait", "noserver") or value not in _ON + _OFF:
+        if value is not None:
+            enabled = parse_bool(value)
+            if name in ("nowait", "noserver") or enabled is None:
                 raise ChardevError("chardev '%s': bad value in '%s' (expected on or off)" % (text, option))
-            enabled = value in _ON
         else:
             enabled = not name.startswith("no")
         key = _SWITCHES[name]

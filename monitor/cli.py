@@ -94,6 +94,28 @@ class QuitSignal:
             hook()
 
 
+def _open_servers(core, options, quit_signal):
+    """(the started servers or None, the one-line error or None)."""
+    if not (options.qmp_specs or options.monitor_specs):
+        return None, None
+    # Imported only when asked for: asyncio alone is a good part of `-c quit`'s start-up.
+    from monitor.servers import MonitorStartError
+    try:
+        return start_servers(core, options, quit_signal), None
+    except MonitorStartError as err:
+        return None, str(err)
+
+
+def _build_demo(options):
+    """The demo chain for ``--demo``; its drives replace the options' drives."""
+    from monitor.demo import build_demo
+    demo = build_demo(options.demo_dir)
+    options.drives = demo.drives
+    if options.walkthrough or not sys.stdin.isatty():
+        print("\n".join(demo.summary()))
+    return demo
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
@@ -108,14 +130,11 @@ def main(argv: Optional[List[str]] = None) -> int:
         return 0
     demo = None
     if options.demo:
-        from monitor.demo import DemoError, build_demo
+        from monitor.demo import DemoError
         try:
-            demo = build_demo(options.demo_dir)
+            demo = _build_demo(options)
         except DemoError as err:
             return _fail(str(err), 1)
-        options.drives = demo.drives
-        if options.walkthrough or not sys.stdin.isatty():
-            print("\n".join(demo.summary()))
     from commands.core import BlockCore
     core = BlockCore()
     error = open_drives(core, options.drives)
@@ -123,15 +142,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         core.shutdown()
         return _fail(error, 1)
     quit_signal = QuitSignal()
-    servers = None
-    if options.qmp_specs or options.monitor_specs:
-        # Imported only when asked for: asyncio alone is a good part of `-c quit`'s start-up.
-        from monitor.servers import MonitorStartError
-        try:
-            servers = start_servers(core, options, quit_signal)
-        except MonitorStartError as err:
-            core.shutdown()
-            return _fail(str(err), 1)
+    servers, error = _open_servers(core, options, quit_signal)
+    if error:
+        core.shutdown()
+        return _fail(error, 1)
     try:
         return run_session(core, options, demo, quit_signal, serving=servers is not None)
     except KeyboardInterrupt:

@@ -2,7 +2,7 @@
 
 ``parse_command_line(argv)`` returns an ``Options`` or raises ``UsageError`` whose
 message is the one line the CLI prints (exit status 2).  ``-drive`` values follow
-QEMU's ``key=value,...`` syntax and QEMU's device naming: virtio drives are
+QEMU's ``key=value,...`` syntax (``monitor.option_syntax``) and QEMU's device naming: virtio drives are
 ``virtio0``, ``virtio1``, ... in order (or by ``index``), ide index N is
 ``ide<N//2>-hd<N%2>``, ``if=none`` needs ``id``; ``id`` names any drive.
 """
@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from typing import List, Optional
 
 from images.driver import FORMATS
+from monitor.chardev import ChardevError, ChardevSpec, parse_chardev
+from monitor.option_syntax import parse_bool, split_commas, split_key_value
 
 DRIVE_KEYS = ("file", "if", "index", "id", "format", "node-name", "readonly")
 INTERFACES = ("virtio", "ide", "none")
@@ -41,34 +43,16 @@ class Options:
     demo: bool = False
     demo_dir: Optional[str] = None
     walkthrough: bool = False
-    qmp_specs: List[str] = field(default_factory=list)
-    monitor_specs: List[str] = field(default_factory=list)
-
-
-def split_commas(text: str) -> List[str]:
-    """Split on single commas; ``,,`` is an escaped comma (QEMU's QemuOpts rule)."""
-    parts, current, i = [], [], 0
-    while i < len(text):
-        if text[i] == ",":
-            if text[i + 1:i + 2] == ",":
-                current.append(",")
-                i += 2
-                continue
-            parts.append("".join(current))
-            current = []
-        else:
-            current.append(text[i])
-        i += 1
-    parts.append("".join(current))
-    return parts
+    qmp_specs: List[ChardevSpec] = field(default_factory=list)      # parsed once, here
+    monitor_specs: List[ChardevSpec] = field(default_factory=list)
 
 
 def split_drive_value(text: str) -> dict:
     """``file=a,if=ide`` -> {"file": "a", "if": "ide"}; ``,,`` escapes a comma as in QEMU."""
     result = {}
     for item in split_commas(text):
-        key, sep, value = item.partition("=")
-        if not sep:
+        key, value = split_key_value(item)
+        if value is None:
             raise UsageError("-drive %s: expected key=value, got '%s'" % (text, item))
         if key not in DRIVE_KEYS:
             raise UsageError("-drive %s: unknown key '%s'" % (text, key))
@@ -85,7 +69,7 @@ def _check_drive_values(text: str, values: dict) -> None:
         raise UsageError("-drive %s: unknown interface '%s' (virtio, ide or none)" % (text, values["if"]))
     if "format" in values and values["format"] not in FORMATS:
         raise UsageError("-drive %s: unknown format '%s' (qcow2 or raw)" % (text, values["format"]))
-    if values.get("readonly", "off") not in ("on", "off"):
+    if parse_bool(values.get("readonly", "off")) is None:
         raise UsageError("-drive %s: readonly expects on or off, got '%s'" % (text, values["readonly"]))
     if "index" in values and not values["index"].isdigit():
         raise UsageError("-drive %s: index expects a number, got '%s'" % (text, values["index"]))
@@ -130,7 +114,7 @@ def assign_devices(drive_values: List[dict]) -> List[DriveSpec]:
         names.add(name)
         specs.append(DriveSpec(device=name, path=values["file"], format=values.get("format"),
                                node_name=values.get("node-name"),
-                               read_only=values.get("readonly") == "on"))
+                               read_only=bool(parse_bool(values.get("readonly", "off")))))
     return specs
 
 
@@ -216,12 +200,11 @@ def _set_value(options: Options, drive_values: list, kind: str, value: str) -> N
     elif kind == "command":
         options.commands.append(value)
     else:
-        from monitor.chardev import ChardevError, parse_chardev
         try:
-            parse_chardev(value)
+            spec = parse_chardev(value)
         except ChardevError as err:
             raise UsageError("-%s %s" % (kind, err)) from err
-        (options.qmp_specs if kind == "qmp" else options.monitor_specs).append(value)
+        (options.qmp_specs if kind == "qmp" else options.monitor_specs).append(spec)
 
 
 USAGE = """\

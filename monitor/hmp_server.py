@@ -76,7 +76,7 @@ class HmpServer:
         except (ConnectionError, OSError):
             pass        # the client went away
         except asyncio.CancelledError:
-            pass        # server shutdown; nothing awaits this per-connection task
+            raise       # server shutdown: the task ends cancelled (finally closes the writer)
         finally:
             self._writers.discard(writer)
             writer.close()

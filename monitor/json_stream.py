@@ -105,17 +105,7 @@ class JsonSplitter:
             self._escape = False
             return pos + 1
         if self._in_string:
-            match = self._search(_IN_STRING, data, pos, end)
-            if match is None:
-                return end
-            self._keep(data[pos:match.end()])
-            if match.group() == b"\\":
-                self._escape = True
-            else:
-                self._in_string = False
-                if self._depth == 0:
-                    self._emit(out)
-            return match.end()
+            return self._advance_in_string(data, pos, end, out)
         if self._scalar:
             match = self._search(_SCALAR_END, data, pos, end)
             if match is None:
@@ -125,6 +115,23 @@ class JsonSplitter:
             return match.start()
         if self._depth == 0:
             return self._start_message(data, pos, out)
+        return self._advance_structure(data, pos, end, out)
+
+    def _advance_in_string(self, data: bytes, pos: int, end: int, out: list) -> int:
+        match = self._search(_IN_STRING, data, pos, end)
+        if match is None:
+            return end
+        self._keep(data[pos:match.end()])
+        if match.group() == b"\\":
+            self._escape = True
+        else:
+            self._in_string = False
+            if self._depth == 0:
+                self._emit(out)
+        return match.end()
+
+    def _advance_structure(self, data: bytes, pos: int, end: int, out: list) -> int:
+        """Inside an object or array: up to the next quote, bracket or brace."""
         match = self._search(_STRUCTURAL, data, pos, end)
         if match is None:
             return end

@@ -60,12 +60,6 @@ def check_capabilities_arguments(arguments: dict):
         raise CommandError("Capability 'oob' not available")
 
 
-def _quit_requested(core) -> bool:
-    """Whether ``core`` has seen a quit (an Event in the real core, a flag in fakes)."""
-    flag = getattr(core, "quit_requested", False)
-    return flag.is_set() if hasattr(flag, "is_set") else bool(flag)
-
-
 def encode(message: dict) -> bytes:
     """One message on the wire: QEMU's JSON spacing, ASCII escapes, CRLF."""
     return json.dumps(message).encode("ascii") + b"\r\n"
@@ -136,7 +130,7 @@ class QmpServer:
         except (ConnectionError, OSError):
             pass        # the client went away; nothing else is affected
         except asyncio.CancelledError:
-            pass        # server shutdown; nothing awaits this per-connection task
+            raise       # server shutdown: the task ends cancelled (finally closes the writer)
         finally:
             self.connections.discard(connection)
             writer.close()
@@ -166,7 +160,7 @@ class QmpServer:
             reply["return"] = await self._dispatch(connection, name, arguments)
             # An HMP 'quit' (qmp-shell -H) quits as QEMU does: the core records it.
             quit_now = name == "quit" or (name == "human-monitor-command"
-                                          and _quit_requested(self.core))
+                                          and self.core.quit_requested.is_set())
         except (CommandError, BlockError) as exc:
             reply["error"] = qmp_error(exc)
         except Exception as exc:     # a bug in a command: report it, keep serving

@@ -1,6 +1,6 @@
 """Every monitor socket of the process: QMP (``-qmp``) and HMP (``-monitor``) listeners.
 
-``MonitorServers`` parses the chardev specs, binds every socket on the caller's
+``MonitorServers`` takes the chardev specs (parsed by ``monitor.chardev``), binds every socket on the caller's
 thread (so a bad spec or a busy port is a one-line error before anything runs),
 then serves them from an asyncio loop in one daemon thread.  Events from
 ``core.events`` (published in job threads) hop into that loop with
@@ -18,7 +18,7 @@ import stat
 import sys
 import threading
 
-from monitor.chardev import ChardevError, parse_chardev
+from monitor.chardev import ChardevError, ChardevSpec, parse_chardev
 from monitor.hmp_server import HmpServer
 from monitor.qmp_server import QmpServer, encode
 
@@ -73,9 +73,7 @@ class MonitorServers:
         self._thread.start()
         future = asyncio.run_coroutine_threadsafe(self._serve_all(), self._loop)
         future.result(timeout=START_TIMEOUT)
-        events = getattr(self.core, "events", None)
-        if events is not None:
-            self._unsubscribe = events.subscribe(self._on_event)
+        self._unsubscribe = self.core.events.subscribe(self._on_event)
         return self
 
     def stop(self):
@@ -190,9 +188,12 @@ def _run_loop(loop):
         loop.close()
 
 
-def _parse(text: str, option: str):
+def _parse(spec, option: str) -> ChardevSpec:
+    """A spec parsed by the command line is used as is; a text is parsed here."""
+    if isinstance(spec, ChardevSpec):
+        return spec
     try:
-        return parse_chardev(text)
+        return parse_chardev(spec)
     except ChardevError as err:
         raise ChardevError("%s: %s" % (option, err)) from None
 

@@ -74,3 +74,22 @@ def chain_copy(bench_chain_256m, tmp_path):
     target = tmp_path / "chain"
     run("cp", "-a", "--sparse=always", bench_chain_256m, str(target))
     return str(target)
+
+
+@pytest.fixture
+def two_chains(tmp_path):
+    from commands.core import BlockCore
+    from images.qcow2 import create_qcow2
+    MIB = 1 << 20
+    """virtio0: A <- B <- C <- D (D stores "C.qcow2", ...); ide0-hd0: base <- disk."""
+    previous = None
+    for name in "ABCD":
+        create_qcow2(str(tmp_path / (name + ".qcow2")), MIB, backing_name=previous)
+        previous = name + ".qcow2"
+    create_qcow2(str(tmp_path / "base.qcow2"), MIB)
+    create_qcow2(str(tmp_path / "disk.qcow2"), MIB, backing_name=str(tmp_path / "base.qcow2"))
+    core = BlockCore()
+    core.add_drive("virtio0", str(tmp_path / "D.qcow2"))
+    core.add_drive("ide0-hd0", str(tmp_path / "disk.qcow2"))
+    yield core, tmp_path
+    core.shutdown()

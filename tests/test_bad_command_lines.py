@@ -115,3 +115,21 @@ def test_line_ends_and_tabs_are_fine(line):
     core = FakeCore(query_block=QUERY_BLOCK_D)
     result = HmpInterpreter(core).run_line(line)
     assert result.ok and result.output.startswith("virtio0 (#block195): ")
+
+
+# -- each flag is read once, as QEMU's monitor_parse_arguments does ---------------------
+def test_repeated_flag_is_a_positional_word():
+    from commands.core import BlockCore
+    core = BlockCore()
+    hmp = HmpInterpreter(core)
+    result = hmp.run_line("block_job_cancel -f -f virtio0")
+    assert result.output == ("block_job_cancel: extraneous characters at the end of line\n"
+                             'Try "help block_job_cancel" for more information\n')
+    assert not result.ok
+    result = hmp.run_line("block_job_cancel -f -f")
+    assert result.output == "Error: Block job '-f' not found\n" and not result.ok
+    result = hmp.run_line("info block -v -v")
+    assert result.output == "" and result.ok      # device "-v": QEMU lists no such device
+    result = hmp.run_line("snapshot_blkdev -nn virtio0 x.qcow2")
+    assert result.output == ("snapshot_blkdev: unsupported option -n\n"
+                             'Try "help snapshot_blkdev" for more information\n')

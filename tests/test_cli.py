@@ -49,7 +49,7 @@ def test_doubled_comma_escapes_a_comma_in_a_file_name():
     ("file=a,format=vmdk", "-drive file=a,format=vmdk: unknown format 'vmdk' (qcow2 or raw)"),
     ("file=a,if=none", "-drive file=a,if=none: if=none needs id=NAME"),
     ("file=a,index=x", "-drive file=a,index=x: index expects a number, got 'x'"),
-    ("file=a,readonly=yes", "-drive file=a,readonly=yes: readonly expects on or off, got 'yes'"),
+    ("file=a,readonly=maybe", "-drive file=a,readonly=maybe: readonly expects on or off, got 'maybe'"),
     ("file=a,file=b", "-drive file=a,file=b: key 'file' given twice"),
     ("file=a,ide", "-drive file=a,ide: expected key=value, got 'ide'"),
     ("file=a,id=1x", "-drive file=a,id=1x: invalid id '1x'"),
@@ -87,7 +87,10 @@ def test_other_options():
                                   "-monitor", "tcp:127.0.0.1:4444", "--demo", "/tmp/d", "--walkthrough"])
     assert options.quiet and options.walkthrough and options.demo
     assert options.commands == ["info block", "info version"]
-    assert options.qmp_specs == ["unix:/q"] and options.monitor_specs == ["tcp:127.0.0.1:4444"]
+    # Parsed once, here: the servers get the spec objects.
+    assert [spec.text for spec in options.qmp_specs] == ["unix:/q"]
+    assert [(spec.kind, spec.path) for spec in options.qmp_specs] == [("unix", "/q")]
+    assert [(spec.host, spec.port) for spec in options.monitor_specs] == [("127.0.0.1", 4444)]
     assert options.demo_dir == "/tmp/d"
     assert parse_command_line(["--demo"]).demo_dir is None
 
@@ -121,3 +124,13 @@ def test_a_command_line_session_loads_no_terminal_or_server_libraries():
     result = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
                             stdin=subprocess.DEVNULL, check=True)
     assert result.stdout.split() == ["0"]
+
+
+@pytest.mark.parametrize("word, read_only", [
+    ("on", True), ("yes", True), ("true", True), ("y", True),
+    ("off", False), ("no", False), ("false", False), ("n", False),
+])
+def test_readonly_takes_qemus_boolean_spellings(word, read_only):
+    # QEMU's qapi_bool_parse (qapi/qapi-util.c), as qemu_opt's parse_option_bool uses it.
+    options = parse_command_line(["-drive", "file=a.qcow2,readonly=" + word])
+    assert options.drives[0].read_only is read_only

@@ -1,12 +1,15 @@
 """Lint of the one command table (issue 4, acceptance 5)."""
+import os
 import re
 
 import pytest
 
 from commands import hmp
 from commands.args import compile_args
-from commands.table import (ENUMS, HMP_COMMANDS, INFO_COMMANDS, QMP_SCHEMAS, command_words,
-                            find_command, qmp_command_names)
+from commands.table import (ENUMS, HMP_COMMANDS, INFO_COMMANDS, QMP_COMMANDS, command_words,
+                            find_command, find_qmp_command, handler_function, qmp_command_names)
+
+QMP_SCHEMAS = {command.name: command.schema for command in QMP_COMMANDS}
 
 ALL = [(cmd, "") for cmd in HMP_COMMANDS] + [(cmd, "info ") for cmd in INFO_COMMANDS]
 IDS = [prefix + cmd.primary for cmd, prefix in ALL]
@@ -107,3 +110,23 @@ def test_core_handles_exactly_the_tables_qmp_commands():
     core = BlockCore()
     assert core.handled_command_names() == sorted(qmp_command_names())
     assert [entry["name"] for entry in core.execute("query-commands")] == sorted(qmp_command_names())
+
+
+def test_one_qmp_entry_per_command_with_a_resolvable_handler():
+    names = [command.name for command in QMP_COMMANDS]
+    assert len(names) == len(set(names))
+    for command in QMP_COMMANDS:
+        assert find_qmp_command(command.name) is command
+        assert callable(handler_function(command)), command.name
+    assert find_qmp_command("nosuch") is None
+
+
+def test_the_table_imports_no_handler_code():
+    # Declarative: reading the table (help, completion, the lexer) runs no handler module.
+    import subprocess
+    import sys
+    code = ("import sys, commands.table\n"
+            "print(sorted(m for m in sys.modules if m.startswith('commands.')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__)))).stdout
+    assert out.strip() == "['commands.table']"

@@ -16,7 +16,7 @@ import pytest
 from conftest import run
 from guest_vm import (CHAIN_EXTENTS, GuestWrites, boot_guest, chain_body, first_difference, guest_view,
                       md5_of_start, require_guest_vm)
-from qmp_fakes import remove_tree, short_tempdir
+from qmp_clients import remove_tree, short_tempdir
 
 
 def wait_gone(pid, deadline):

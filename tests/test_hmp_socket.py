@@ -8,7 +8,8 @@ import pytest
 
 from monitor.hmp_server import banner_for, crlf
 from monitor.servers import MonitorServers
-from qmp_fakes import TIMEOUT, FakeCore, FakeInterpreter, LineClient, remove_tree, short_tempdir
+from fake_core import TIMEOUT, FakeCore, FakeInterpreter
+from qmp_clients import LineClient, remove_tree, short_tempdir
 
 BANNER = b"QEMU 7.2.0 monitor - type 'help' for more information\r\n"
 PROMPT = b"(qemu) "
@@ -97,7 +98,7 @@ def test_quit_closes_the_connection_and_signals_the_owner(hmp):
         client.read_line()
     assert client.buffer == b""                          # QEMU prints nothing on quit
     assert hmp.quits.wait(TIMEOUT)
-    assert hmp.fake.quit_requested
+    assert hmp.fake.quit_requested.is_set()
 
 
 def test_hmp_never_prints_events(hmp):

@@ -169,3 +169,19 @@ def test_against_real_qemu_io(tmp_path):
         expected = "".join(line for line in (real.stdout + real.stderr).splitlines(True)
                            if " ops; " not in line)
         assert qio(image, command) == (expected, real.returncode == 0), command
+
+
+# -- qemu-io -v: the hex dump, through the console -------------------------------------
+def test_qemu_io_read_v_through_the_monitor(two_chains):
+    from commands.hmp import HmpInterpreter
+    core, _tmp = two_chains
+    hmp = HmpInterpreter(core)
+    assert hmp.run_line('qemu-io virtio0 "write -P 0x41 16 20"').ok
+    result = hmp.run_line('qemu-io virtio0 "read -v 0 40"')
+    assert result.output == (
+        "00000000:  00 00 00 00 00 00 00 00 00 00 00 00 00 00 00 00  ................\n"
+        "00000010:  41 41 41 41 41 41 41 41 41 41 41 41 41 41 41 41  AAAAAAAAAAAAAAAA\n"
+        "00000020:  41 41 41 41 00 00 00 00  AAAA....\n"
+        "read 40/40 bytes at offset 0\n")
+    assert result.ok
+    assert hmp.run_line('qemu-io virtio0 "read -v 0 512"').output.count("\n") == 32 + 1

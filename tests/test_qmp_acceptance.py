@@ -15,8 +15,9 @@ import pytest
 from commands.core import BlockCore
 
 from monitor.servers import MonitorServers                                   # noqa: E402
-from qmp_fakes import (TIMEOUT, LineClient, QmpEventClient, job_ended,       # noqa: E402
-                       remove_tree, run_qmp_shell, short_tempdir, without_timestamps)
+from fake_core import TIMEOUT  # noqa: E402
+from qmp_clients import (LineClient, QmpEventClient, job_ended,  # noqa: E402
+                         remove_tree, run_qmp_shell, short_tempdir, without_timestamps)
 
 SIZE = 256 << 20
 SLOW = 1 << 20

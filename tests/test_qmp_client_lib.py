@@ -14,8 +14,8 @@ from qemu.qmp import ExecuteError, QMPClient                       # noqa: E402
 from qemu.qmp.legacy import QEMUMonitorProtocol                    # noqa: E402
 
 from monitor.servers import MonitorServers                          # noqa: E402
-from qmp_fakes import (TIMEOUT, VERSION, FakeCore, remove_tree, run_qmp_shell,  # noqa: E402
-                       short_tempdir)
+from fake_core import TIMEOUT, VERSION, FakeCore  # noqa: E402
+from qmp_clients import remove_tree, run_qmp_shell, short_tempdir  # noqa: E402
 
 COMPLETED = {"type": "stream", "device": "virtio0", "len": 65536, "offset": 65536, "speed": 0}
 

@@ -10,8 +10,8 @@ from hypothesis import given, settings, strategies as st
 from monitor.chardev import ChardevError, parse_chardev
 from monitor.json_stream import JsonParseError, JsonSplitter
 from monitor.servers import MonitorServers, MonitorStartError
-from qmp_fakes import (TIMEOUT, VERSION, FakeCore, LineClient, QmpLineClient, remove_tree,
-                       short_tempdir, socket_mode)
+from fake_core import TIMEOUT, VERSION, FakeCore
+from qmp_clients import LineClient, QmpLineClient, remove_tree, short_tempdir, socket_mode
 
 NEG = {"class": "CommandNotFound", "desc": "Expecting capabilities negotiation with 'qmp_capabilities'"}
 
@@ -59,7 +59,7 @@ def test_commands_before_negotiation_are_refused(server):
     client = connect(server, negotiate=False)
     assert client.cmd("query-version") == {"error": NEG}
     assert client.cmd("no-such-command", id=7) == {"error": NEG, "id": 7}
-    assert server.fake.calls == ["query-version"]       # only the greeting reached the core
+    assert server.fake.calls == [("query-version", {})]       # only the greeting reached the core
     assert client.cmd("qmp_capabilities", id="n") == {"return": {}, "id": "n"}
     assert client.cmd("query-version") == {"return": VERSION}
 
@@ -145,7 +145,7 @@ def test_quit_replies_then_signals_the_owner(server):
     client = connect(server)
     assert client.cmd("quit", id="q") == {"return": {}, "id": "q"}
     assert server.quits.wait(TIMEOUT)
-    assert server.fake.quit_requested
+    assert server.fake.quit_requested.is_set()
 
 
 # -- robustness --------------------------------------------------------------------------------
@@ -346,6 +346,9 @@ def test_bad_spec_names_the_option():
     ("tcp:localhost:0,server,nowait", "tcp", ("localhost", 0)),
     ("tcp:[::1]:4444,server=on,wait=off", "tcp", ("::1", 4444)),
     ("tcp::4444,server=on,wait=off", "tcp", ("0.0.0.0", 4444)),
+    ("unix:/run/q.sock,server=yes,wait=no", "unix", "/run/q.sock"),
+    ("unix:/run/q.sock,server=y,wait=n", "unix", "/run/q.sock"),
+    ("unix:/run/q.sock,server=true,wait=false", "unix", "/run/q.sock"),
 ])
 def test_chardev_specs_parse(text, kind, where):
     spec = parse_chardev(text)
@@ -474,3 +477,10 @@ def test_owner_may_stop_the_servers_from_on_quit(sockdir):
     holder["servers"]._thread.join(TIMEOUT)
     assert not holder["servers"]._thread.is_alive()
     holder["servers"].stop()                # a second stop is harmless
+
+
+def test_servers_use_the_spec_the_command_line_parsed():
+    spec = parse_chardev("unix:/nonexistent-dir-xyz/q.sock,server=on,wait=off")
+    servers = MonitorServers(FakeCore(), [spec], [spec])
+    assert servers.qmp_specs == [spec] and servers.qmp_specs[0] is spec
+    assert servers.monitor_specs[0] is spec

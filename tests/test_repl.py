@@ -1,34 +1,37 @@
 """The console's prompt modules and the REPL loop, driven through a pipe input.
 
 Uses prompt_toolkit's create_pipe_input() + DummyOutput(), a fake core and a fake
-interpreter (tests/test_repl_fakes.py) and a hand-built TableView.
+interpreter (tests/fake_core.py) and a hand-built TableView.
 """
 import re
 import threading
 import time
 
 import pytest
+from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 from pygments.token import Error, Keyword, Name, Number, String
 
-from monitor.completer import HmpCompleter, path_candidates
+from commands.completion import path_candidates
+from monitor.completer import HmpCompleter
 from monitor.events_view import EventsView, event_line, is_failure
 from monitor.history import history_path
 from monitor.lexer import make_lexer
 from monitor.progress import ThroughputMeter, format_bytes, job_state
 from monitor.repl import Repl
 from monitor.toolbar import IDLE_HINT, JobsToolbar
-from test_repl_fakes import FakeCore, FakeInterpreter
+from fake_core import FakeCore, FakeInterpreter
 
+MIB = 1 << 20
 ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 
 
 def complete(core, text):
     completer = HmpCompleter(core)
-    return [c.text for c in completer.get_completions(Document(text), None)]
+    return [c.text for c in completer.get_completions(Document(text), CompleteEvent())]
 
 
 @pytest.mark.parametrize("text,expected", [
@@ -237,3 +240,31 @@ def test_leaving_with_running_jobs_cancels_them_and_says_which(capsys):
     assert out.splitlines() == [
         'BLOCK_JOB_CANCELLED {"type": "stream", "device": "virtio0", "len": 1000, "offset": 0, "speed": 0}',
         "cancelled running job virtio0; images are valid and their backing files unchanged"]
+
+
+# -- a paused job shows no throughput and no ETA at once --------------------------------
+def test_toolbar_shows_no_rate_or_eta_as_soon_as_a_job_pauses():
+    now = [0.0]
+    core = FakeCore()
+    toolbar = JobsToolbar(core, ThroughputMeter(clock=lambda: now[0]), width=lambda: 140)
+
+    def line():
+        return re.sub(r"\x1b\[[0-9;]*m", "", toolbar.text())
+    core.start_job("virtio0", 64 * MIB)
+    line()
+    now[0] = 1.0
+    core.advance("virtio0", 8 * MIB)
+    assert re.search(r" 8\.0 MiB/s +ETA 0:00:07 ", line())
+    now[0] = 1.5
+    core.pause("virtio0")
+    paused = line()
+    assert re.search(r" -- B/s +ETA -:--:-- .*paused$", paused), paused
+    now[0] = 2.0
+    assert re.search(r" -- B/s +ETA -:--:-- ", line())
+    # Resumed: the paused time does not drag the figure down; it restarts from new samples.
+    core.jobs["virtio0"].update(paused=False, status="running")
+    now[0] = 10.0
+    assert re.search(r" -- B/s +ETA -:--:-- .*running$", line())
+    now[0] = 11.0
+    core.advance("virtio0", 4 * MIB)
+    assert re.search(r" 4\.0 MiB/s +ETA 0:00:13 ", line())

@@ -1,6 +1,6 @@
 """Scripted sessions: transcripts, event lines, the wait at end of input, exit statuses.
 
-The first part drives ScriptSession with a fake core (tests/test_repl_fakes.py);
+The first part drives ScriptSession with a fake core (tests/fake_core.py);
 the second runs ``python -m monitor`` with a stdin pipe against the real core.
 """
 import io
@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from monitor.script import ScriptSession
-from test_repl_fakes import FakeCore, FakeInterpreter
+from fake_core import FakeCore, FakeInterpreter
 from tests.conftest import connect_when_listening
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

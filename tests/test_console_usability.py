@@ -1,4 +1,4 @@
-"""Bugs found by using the console as an operator (audit of issue 4), one test each.
+"""The console as an operator uses it: narrow terminals, Ctrl-C, typos, path completion.
 
 - In a narrow terminal (40 columns) the job toolbar and ``block_job_wait``'s bars
   wrapped every job over three lines with truncated cells ("vir…", "MiB…"): a job
@@ -15,7 +15,7 @@ from rich.console import Console
 from monitor.progress import ThroughputMeter, waiting_view
 from monitor.script import ScriptSession, default_interpreter
 from monitor.toolbar import IDLE_HINT, JobsToolbar
-from test_repl_fakes import FakeCore
+from fake_core import FakeCore
 
 ANSI_CODE = re.compile(r"\x1b\[[0-9;]*m")
 MiB = 1048576
@@ -95,7 +95,7 @@ def test_ctrl_c_during_sleep_at_the_console_writes_over_the_echoed_caret_c(capsy
     from prompt_toolkit.input import create_pipe_input
     from prompt_toolkit.output import DummyOutput
     from monitor.repl import Repl
-    from test_repl_fakes import FakeInterpreter
+    from fake_core import FakeInterpreter
 
     def interrupted(seconds):
         raise KeyboardInterrupt
@@ -119,7 +119,7 @@ def test_ctrl_c_during_sleep_in_a_script_stays_plain():
 def test_path_completion_offers_only_names_the_command_will_open(tmp_path, monkeypatch):
     # QEMU (and snapshot_blkdev) take a file name literally: "~/x.qcow2" is refused
     # with "Could not create '~/x.qcow2'", so completing "~/" from $HOME misled.
-    from monitor.completer import path_candidates
+    from commands.completion import path_candidates
     home = tmp_path / "home"
     home.mkdir()
     (home / "in-home.qcow2").write_bytes(b"")
@@ -129,11 +129,12 @@ def test_path_completion_offers_only_names_the_command_will_open(tmp_path, monke
     (work / "disk.qcow2").write_bytes(b"")
     (work / ".hidden").write_bytes(b"")
     monkeypatch.chdir(work)
+    from prompt_toolkit.completion import CompleteEvent
     from prompt_toolkit.document import Document
     from monitor.completer import HmpCompleter
 
     def complete(text):
-        return [c.text for c in HmpCompleter(FakeCore()).get_completions(Document(text), None)]
+        return [c.text for c in HmpCompleter(FakeCore()).get_completions(Document(text), CompleteEvent())]
     assert path_candidates("~/") == []
     assert complete("snapshot_blkdev virtio0 ~/") == []
     # Dot files only when asked for, as shells complete them.

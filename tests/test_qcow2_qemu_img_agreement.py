@@ -1,5 +1,4 @@
-"""Adversarial cases from an audit of the block layer against issue 2, each judged
-by qemu-img where it has an opinion: sizes qemu-img sees differently, backing names
+"""qcow2 edge cases where qemu-img has an opinion, each judged by it: sizes qemu-img sees differently, backing names
 it cannot open, and malformed refcount tables that must not make a write hang."""
 import os
 import random

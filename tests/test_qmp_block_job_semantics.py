@@ -1,5 +1,6 @@
-"""Audit of issues 3 and 5 against QEMU 7.2: the block-job semantics and QMP shapes a
-libvirt-style client relies on, each found wrong once and kept right here.
+"""Block-job semantics and QMP shapes a libvirt-style client relies on, against QEMU 7.2:
+error events, query-block's shape, quit during jobs, verbs racing a job's end, and
+the argument checks of block-stream and blockdev-snapshot-sync.
 
 Chains are small (16 MiB, A <- B <- C, relative backing names) and built with
 qemu-img/qemu-io, the oracle; every test asserts exact values or sequences.
@@ -147,7 +148,7 @@ def test_a_stream_started_during_shutdown_is_refused_or_finished(tmp_path, qemu_
 @pytest.fixture
 def served(core):
     from monitor.servers import MonitorServers
-    from qmp_fakes import remove_tree, short_tempdir
+    from qmp_clients import remove_tree, short_tempdir
     directory = short_tempdir()
     path = os.path.join(directory, "qmp.sock")
     quits = threading.Event()
@@ -162,7 +163,7 @@ def served(core):
 @pytest.mark.parametrize("line", ["quit", "q"])
 def test_hmp_quit_through_human_monitor_command_quits(served, line):
     """qmp-shell -H users type 'quit': QEMU answers "" and exits; so must we."""
-    from qmp_fakes import QmpEventClient
+    from qmp_clients import QmpEventClient
     client = QmpEventClient(served.path)
     assert client.cmd("human-monitor-command", {"command-line": line}, id=7) == \
         {"return": "", "id": 7}
@@ -171,7 +172,7 @@ def test_hmp_quit_through_human_monitor_command_quits(served, line):
 
 
 def test_other_hmp_lines_do_not_quit(served):
-    from qmp_fakes import QmpEventClient
+    from qmp_clients import QmpEventClient
     client = QmpEventClient(served.path)
     assert client.cmd("human-monitor-command", {"command-line": "quit now"}) == {
         "return": 'quit: extraneous characters at the end of line\r\n'

@@ -1,10 +1,5 @@
-"""Test doubles for the monitor servers: a FakeCore, a fake HMP interpreter, socket clients.
-
-FakeCore answers a few QMP-shaped commands the way commands/core.py will, so the
-socket layer can be tested before (and independently of) the real core:
-``x-slow`` blocks until ``gate`` is set, ``x-echo`` returns its arguments,
-``x-bug`` raises a non-command exception, ``x-emit`` publishes an event.
-"""
+"""Clients for the monitor sockets in tests: line-level QMP and HMP clients, an event
+reader, qmp-shell, and short socket directories.  The fake core is tests/fake_core.py."""
 import json
 import os
 import shutil
@@ -12,111 +7,8 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
-from typing import NamedTuple
 
-from commands.errors import COMMAND_NOT_FOUND, DEVICE_NOT_ACTIVE, CommandError
-from images.events import EventBus
-
-VERSION = {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": "blockmon 0.1.0"}
-TIMEOUT = 10
-COMMANDS = ["qmp_capabilities", "query-version", "query-commands", "query-block-jobs",
-            "block-job-pause", "human-monitor-command", "quit"]
-HMP_ANSWERS = {
-    "info block-jobs": "No active jobs\r\n",
-    "help": "block_job_pause device -- pause an active background block operation\r\n"
-            "info [subcommand] -- show various information about the system state\r\n"
-            "quit|q  -- quit the emulator\r\n",
-    "info": "info block-jobs  -- show progress of ongoing block device operations\r\n"
-            "info version  -- show the version of QEMU\r\n",
-    "block_job_pause j1": "Error: Block job 'j1' not found\r\n",
-}
-
-
-class FakeCore:
-    def __init__(self):
-        self.events = EventBus()
-        self.quit_requested = False
-        self.gate = threading.Event()
-        self.slow_started = threading.Event()
-        self.slow_finished = threading.Event()
-        self.calls = []
-
-    def execute(self, name, arguments=None):
-        arguments = dict(arguments or {})
-        self.calls.append(name)
-        if name == "query-version":
-            return json.loads(json.dumps(VERSION))
-        if name == "query-block-jobs":
-            return []
-        if name == "block-job-pause":
-            _check(arguments, {"device": str})
-            raise CommandError("Block job '%s' not found" % arguments["device"], DEVICE_NOT_ACTIVE)
-        if name == "query-commands":
-            return [{"name": n} for n in COMMANDS]
-        if name == "human-monitor-command":
-            arguments.setdefault("cpu-index", 0)     # qmp-shell -H always sends it
-            _check(arguments, {"command-line": str, "cpu-index": int})
-            return HMP_ANSWERS.get(arguments["command-line"],
-                                   "unknown command: '%s'\r\n" % arguments["command-line"])
-        if name == "x-slow":
-            self.slow_started.set()
-            self.gate.wait(TIMEOUT)
-            self.slow_finished.set()
-            return {}
-        if name == "x-echo":
-            return arguments
-        if name == "x-bug":
-            raise RuntimeError("boom")
-        if name == "x-emit":
-            self.events.publish(arguments["event"], arguments.get("data", {}))
-            return {}
-        if name == "quit":
-            self.quit_requested = True
-            return {}
-        raise CommandError("The command %s has not been found" % name, COMMAND_NOT_FOUND)
-
-
-def _check(arguments, schema):
-    for key, kind in schema.items():
-        if key not in arguments:
-            raise CommandError("Parameter '%s' is missing" % key)
-        if not isinstance(arguments[key], kind):
-            raise CommandError("Invalid parameter type for '%s', expected: %s"
-                               % (key, "string" if kind is str else "integer"))
-    for key in arguments:
-        if key not in schema:
-            raise CommandError("Parameter '%s' is unexpected" % key)
-
-
-class HmpResult(NamedTuple):
-    output: str
-    ok: bool = True
-    quit: bool = False
-
-
-class FakeInterpreter:
-    """Stands in for commands.hmp.HmpInterpreter."""
-
-    def __init__(self, core):
-        self.core = core
-
-    def run_line(self, line):
-        words = line.split()
-        if words == ["info", "block-jobs"]:
-            return HmpResult("No active jobs\n")
-        if words == ["info", "two"]:
-            return HmpResult("line one\nline two\n")
-        if words == ["nonl"]:
-            return HmpResult("no newline")
-        if words == ["bug"]:
-            raise RuntimeError("interpreter bug")
-        if words and words[0] in ("quit", "q"):
-            self.core.quit_requested = True
-            return HmpResult("", quit=True)
-        if words and words[0] == "block_job_pause":
-            return HmpResult("", ok=True)
-        return HmpResult("unknown command: '%s'\n" % line.strip(), ok=False)
+from fake_core import TIMEOUT
 
 
 def short_tempdir():

@@ -1,5 +1,5 @@
-"""Issue 3 gaps, against the real core: failed qemu-io commands fail, relative snapshot
-names become absolute, and the guest path (HMP qemu-io) works during a throttled stream."""
+"""The real core's guest path and snapshot names: failed qemu-io commands fail, relative
+snapshot names become absolute, and HMP qemu-io works during a throttled stream."""
 import io
 import json
 import os

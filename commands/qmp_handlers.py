@@ -1,0 +1,92 @@
+"""The QMP commands' handlers: ``handler(core, arguments) -> JSON-able result``.
+
+The command table (``commands.table.QMP_COMMANDS``) names each command's handler
+here by reference; ``BlockCore.execute`` validates the arguments against the
+entry's schema and calls it.  Job-starting commands live in their own modules
+(``block_stream``, later mirror, commit, backup) on ``commands.block_jobs``.
+"""
+from . import block_info
+from .errors import QemuIoFailed
+from .hmp import HmpInterpreter
+from .qemu_io import run_qemu_io
+from .table import qmp_command_names
+
+VERSION = (7, 2, 0)
+PACKAGE = "blockmon 0.1.0"
+
+
+def qmp_capabilities(core, args):
+    return {}
+
+
+def query_version(core, args):
+    major, minor, micro = VERSION
+    return {"qemu": {"major": major, "minor": minor, "micro": micro}, "package": PACKAGE}
+
+
+def query_commands(core, args):
+    return [{"name": name} for name in qmp_command_names()]
+
+
+def query_block(core, args):
+    return [block_info.device_info(dev) for dev in core.devices.devices()]
+
+
+def query_block_jobs(core, args):
+    return [job.info() for job in core.jobs()]
+
+
+# -- job verbs: QEMU's block-job-* take the job id as "device", job-* as "id" ---------------
+def block_job_set_speed(core, args):
+    return core.find_job(args["device"]).set_speed(args["speed"])
+
+
+def block_job_cancel(core, args):
+    return core.find_job(args["device"]).cancel(args.get("force", False))
+
+
+def block_job_pause(core, args):
+    return core.find_job(args["device"]).pause()
+
+
+def block_job_resume(core, args):
+    return core.find_job(args["device"]).resume()
+
+
+def block_job_complete(core, args):
+    return core.find_job(args["device"]).complete()
+
+
+def job_finalize(core, args):
+    return core.find_job(args["id"]).finalize()
+
+
+def job_dismiss(core, args):
+    return core.find_job(args["id"]).dismiss()
+
+
+# -- guest and human paths ------------------------------------------------------------------
+def human_monitor_command(core, args):
+    result = HmpInterpreter(core).run_line(args["command-line"])
+    return result.output.replace("\r\n", "\n").replace("\n", "\r\n")
+
+
+def qemu_io(core, args):
+    device = core.devices.device(args["device"])
+    if device is None:  # a node name: no device switch can race with it
+        output, ok = run_qemu_io(core.active_image(args["device"]), args["command"])
+    else:
+        with device.io_lock:
+            output, ok = run_qemu_io(device.guest_image(), args["command"])
+    if not ok:
+        raise QemuIoFailed(output)
+    return output
+
+
+def block_map(core, args):
+    return block_info.block_map(core.active_image(args["device"]))
+
+
+def quit(core, args):
+    core.quit_requested.set()
+    return {}
