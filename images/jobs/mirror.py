@@ -33,7 +33,7 @@ from .blockjob import ON_ERROR_POLICIES, BlockJob
 from .copy_plan import Writeback, fast_path_top, plan_batch
 
 MIRROR_CHUNK = 512 * 1024           # bytes per step while a speed limit is set
-MIRROR_BATCH = 16 * 1024 * 1024     # bytes per step at full speed (QEMU's buffer)
+MIRROR_BATCH = 4 * 1024 * 1024      # bytes per step at full speed: short lock holds (guest p99)
 DEFAULT_BUF_SIZE = 16 * 1024 * 1024
 IDLE_WAIT = 1.0                     # seconds a ready job sleeps between looks (woken earlier)
 
