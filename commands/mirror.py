@@ -261,7 +261,9 @@ def mirror_job(table, owner, source, target, job_id, events, on_finished, args, 
             on_target_error=args.get("on-target-error", "report"),
             whole_disk=whole_disk or source.format_name == "raw",
             drain=lambda section: _drained(table, owner, section),
-            pivot=lambda finished: _pivot(table, owner, finished), on_finished=on_finished,
+            pivot=lambda finished: _pivot(table, owner, finished),
+            detach=lambda finished: _drained(table, owner, lambda: _unhook(owner, finished)),
+            on_finished=on_finished,
             **common)
         owner.write_notifiers.append(job.guest_write)
     return job
@@ -283,8 +285,7 @@ def _pivot(table, owner, job):
     old = owner.top
     if not old.read_only:
         old.flush()
-    if job.guest_write in owner.write_notifiers:
-        owner.write_notifiers.remove(job.guest_write)
+    _unhook(owner, job)
     table.switch_top(owner, job.target)
     table.release_job_node(job.target)
     table.name_chain(job.target)
@@ -292,10 +293,14 @@ def _pivot(table, owner, job):
         old.set_read_only(True)     # sync=none: the old top is now a backing file
 
 
-def _finished(table, owner, job):
-    """After the blockers went: unhook the job, close every image no chain uses any more."""
+def _unhook(owner, job):
     if job.guest_write in owner.write_notifiers:
         owner.write_notifiers.remove(job.guest_write)
+
+
+def _finished(table, owner, job):
+    """After the blockers went: close every image no chain uses any more."""
+    _unhook(owner, job)     # a job that never ran was never detached
     with table.graph_lock:
         if not job.pivoted:
             table.release_job_node(job.target)

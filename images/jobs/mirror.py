@@ -68,7 +68,7 @@ class MirrorJob(BlockJob):
     def __init__(self, job_id, events, source, target, *, sync="full", granularity=65536,
                  buf_size=DEFAULT_BUF_SIZE, copy_mode="background", on_source_error="report",
                  on_target_error="report", whole_disk=False, drain=None, pivot=None,
-                 on_finished=None, **job_options):
+                 detach=None, on_finished=None, **job_options):
         """Build the job and its initial bitmap; call with ``source.lock`` held when
         guests may write, and register ``guest_write`` before releasing it."""
         super().__init__(job_id, events, on_error=on_source_error, **job_options)
@@ -91,6 +91,7 @@ class MirrorJob(BlockJob):
         self.len = self.bitmap.count()
         self._drain = drain or _no_drain
         self._pivot = pivot
+        self._detach = detach
         self._on_finished = on_finished
         self._writeback = Writeback()
         self._cursor = 0
@@ -134,6 +135,15 @@ class MirrorJob(BlockJob):
 
     # -- the body ----------------------------------------------------------------
     def run(self):
+        try:
+            self._run_body()
+        finally:
+            # Unhook from the guest path here, holding no job lock: a guest write in
+            # flight may still call guest_write, which takes the job's lock.
+            if self._detach is not None:
+                self._detach(self)
+
+    def _run_body(self):
         if self.size_mismatch:
             raise JobError("Source and target image have different sizes")
         while True:
