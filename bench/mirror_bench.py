@@ -94,16 +94,15 @@ def latency_main(path, warm_gib):
     from .latency import percentile
     core = BlockCore()
     core.add_drive("virtio0", path)
-    device, rng, samples = core.devices.device("virtio0"), random.Random(1), []
-    blocks = device.top.virtual_size // 4096
+    backend, rng, samples = core.backend("virtio0"), random.Random(1), []
+    blocks = backend.virtual_size // 4096
     peers.touch_ram(warm_gib)
     core.execute("drive-mirror", {"device": "virtio0", "sync": "full",
                                   "target": os.path.join(os.path.dirname(path), "lat.qcow2")})
     initial = core.execute("query-block-jobs")[0]["len"]
     while core.execute("query-block-jobs")[0]["status"] != "ready":
         start = time.perf_counter()
-        with device.io_lock:
-            device.guest_image().write(rng.randrange(blocks) * 4096, b"\x5a" * 4096)
+        backend.write(rng.randrange(blocks) * 4096, b"\x5a" * 4096)
         samples.append(time.perf_counter() - start)
         time.sleep(0.001)       # a guest issuing writes, not a tight loop
     again = core.execute("query-block-jobs")[0]["offset"] - initial

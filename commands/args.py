@@ -35,6 +35,11 @@ class SizeRangeError(ValueError):
     """A well-formed size too large for 64 bits (QEMU's -ERANGE)."""
 
 
+# Only ASCII digits are digits (str.isdigit and re's \\d also take '８' or '٣', as
+# qemu_strtosz does not).
+_DIGITS = "0123456789"
+
+
 # -- sizes -----------------------------------------------------------------------------
 def parse_size(text: str, default_suffix: str = "M", unit: int = 1024) -> int:
     """qemu_strtosz (util/cutils.c) on a whole word: ValueError for junk, negatives, overflow.
@@ -42,7 +47,7 @@ def parse_size(text: str, default_suffix: str = "M", unit: int = 1024) -> int:
     A bare number takes ``default_suffix`` (MiB for HMP's ``o``); hex (``0x10``)
     takes no fraction or suffix; fractions need a scale other than bytes.
     """
-    match = re.fullmatch(r"\+?(\d+)(.*)", text, re.S)
+    match = re.fullmatch(r"\+?([0-9]+)(.*)", text, re.S)
     if match is None:
         raise ValueError("invalid size")
     whole, rest = match.groups()
@@ -53,10 +58,10 @@ def parse_size(text: str, default_suffix: str = "M", unit: int = 1024) -> int:
             raise ValueError("invalid size")
         value, rest = int(hex_match.group(1), 16), ""
     elif rest.startswith("."):
-        frac_match = re.match(r"\.(\d*)", rest)
+        frac_match = re.match(r"\.([0-9]*)", rest)
         fraction = float("0." + (frac_match.group(1) or "0"))
         rest = rest[frac_match.end():]
-        if rest[:1] in ("e", "E") and rest[1:2].isdigit():
+        if rest[:1] in ("e", "E") and rest[1:2] != "" and rest[1:2] in _DIGITS:
             raise ValueError("invalid size")       # QEMU refuses exponents
     suffix = rest.upper() if rest else default_suffix
     if suffix not in _SUFFIXES:
@@ -79,7 +84,7 @@ MAX_SECONDS = 2 ** 32
 
 def parse_seconds(text: str) -> float:
     """HMP's ``T``: a number of seconds, optionally suffixed ms, us or ns."""
-    match = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)(ms|us|ns)?", text)
+    match = re.fullmatch(r"([0-9]+(?:\.[0-9]*)?|\.[0-9]+)(ms|us|ns)?", text)
     if match is None:
         raise ValueError("invalid number")
     value = float(match.group(1))
@@ -90,7 +95,8 @@ def parse_seconds(text: str) -> float:
 
 
 def looks_numeric(word: str) -> bool:
-    """A word meant as a number (so a bad one is 'invalid size', not a base name)."""
+    """A word meant as a number (so a bad one is 'invalid size', not a base name).
+    Any Unicode digit counts here: '８' was meant as a number, and is refused as one."""
     return word[:1] != "" and (word[0].isdigit() or word[0] in "+-")
 
 

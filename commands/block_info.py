@@ -1,6 +1,8 @@
 """QMP ``query-block`` and the per-layer block map: facts about devices, shaped as QEMU shapes them."""
 from images.chain import chain_of
 
+from .bitmaps import dirty_bitmaps_info
+
 
 def image_info(image):
     """ImageInfo: qemu-img-info facts for one image and, recursively, its backing images."""
@@ -44,6 +46,8 @@ def inserted_info(top):
     }
     if top.backing_name:
         inserted["backing_file"] = top.backing_name
+    if len(top.dirty_bitmaps):      # QEMU 7.2 lists them here, only when there are some
+        inserted["dirty-bitmaps"] = dirty_bitmaps_info(top)
     return inserted
 
 

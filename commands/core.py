@@ -12,7 +12,9 @@ from images.errors import JobError
 from images.events import EventBus
 from images.jobs.registry import JobRegistry
 
+from .block_backend import BlockBackend
 from .devices import DeviceTable
+from .exports import ExportTable
 from .qmp_args import validate_arguments
 from .table import find_qmp_command, handler_function, qmp_command_names
 
@@ -21,12 +23,15 @@ class BlockCore:
     """The devices, the jobs and the event bus of one blockmon process; QMP commands
     run through ``execute`` (see commands/qmp_handlers.py for what each one does)."""
 
-    def __init__(self, events=None):
+    def __init__(self, events=None, nbd_server_factory=None):
         self.events = events or EventBus()
         self.devices = DeviceTable()
+        # The monitor provides the NBD server (sockets live there); see commands.exports.
+        self.exports = ExportTable(self, nbd_server_factory)
         self.jobs_registry = JobRegistry()
         self.quit_requested = threading.Event()
         self.closing = False        # set by shutdown(); no job starts afterwards
+        self._shutdown_lock = threading.Lock()
 
     # -- the entry point --------------------------------------------------------
     def execute(self, name, arguments=None):
@@ -52,6 +57,13 @@ class BlockCore:
     def node_names(self):
         return self.devices.node_names()
 
+    def backend(self, name):
+        """The guest I/O path of a device (following its top) or of a node."""
+        device = self.devices.device(name)
+        if device is not None:
+            return BlockBackend(device=device)
+        return BlockBackend(image=self.active_image(name))
+
     def active_image(self, name):
         return self.devices.lookup(name, name)
 
@@ -69,9 +81,14 @@ class BlockCore:
         jobs = [self.find_job(job_id)] if job_id is not None else self.jobs()
         return all(job.wait(timeout) for job in jobs)
 
-    def shutdown(self):
+    def shutdown(self, reason=None):
         """Announce SHUTDOWN, cancel running jobs (images stay valid, backing references
-        unchanged), flush and close every image; returns the ids of the cancelled jobs."""
+        unchanged), flush and close every image; returns the ids of the cancelled jobs.
+        ``reason`` is SHUTDOWN's (a signal: "host-signal"); calls are serialised."""
+        with self._shutdown_lock:
+            return self._shutdown(reason)
+
+    def _shutdown(self, reason):
         with self.devices.graph_lock:
             # Job starts hold the graph lock: none is half done now, and none starts
             # later, so every job is in the list cancelled below.
@@ -79,7 +96,8 @@ class BlockCore:
         if not already_closing:
             # QEMU's event: a quit command is "host-qmp-quit"; the end of the console
             # or of a script is the closest thing QEMU has to closing its window.
-            reason = "host-qmp-quit" if self.quit_requested.is_set() else "host-ui"
+            if reason is None:
+                reason = "host-qmp-quit" if self.quit_requested.is_set() else "host-ui"
             self.events.publish("SHUTDOWN", {"guest": False, "reason": reason})
         cancelled = []
         for job in self.jobs():
@@ -91,6 +109,7 @@ class BlockCore:
                     pass
         for job in self.jobs():
             job.wait(timeout=30)
+        self.exports.shutdown()     # clients go before the images close under them
         for image in self.devices.all_images():
             if not image.read_only:
                 image.flush()

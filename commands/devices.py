@@ -9,8 +9,8 @@ import os
 import threading
 
 from images.chain import chain_of, open_image
-from images.guest_io import NotifyingImage
 
+from .block_backend import IoStats
 from .errors import CommandError
 
 
@@ -33,15 +33,7 @@ class Device:
         # Held for each guest request and for a switch of ``top``: a request that
         # picked the old top finishes before the switch, never after it.
         self.io_lock = threading.RLock()
-        # Jobs that must see every guest write (mirror); see images.guest_io.
-        self.write_notifiers = []
-
-    def guest_image(self):
-        """What a guest request writes through (call with ``io_lock`` held): the top,
-        wrapped so that every write notifier hears of each write."""
-        if not self.write_notifiers:
-            return self.top
-        return NotifyingImage(self.top, self.write_notifiers)
+        self.stats = IoStats()  # every guest request, whichever client sent it
 
 
 class DeviceTable:

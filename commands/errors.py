@@ -18,10 +18,11 @@ DEVICE_NOT_FOUND = "DeviceNotFound"
 class CommandError(Exception):
     """A command refused with a QMP error class and a one-line description."""
 
-    def __init__(self, desc: str, class_: str = GENERIC):
+    def __init__(self, desc: str, class_: str = GENERIC, hint: str = None):
         super().__init__(desc)
         self.desc = desc
         self.class_ = class_
+        self.hint = hint        # QEMU's error_append_hint: a second line HMP prints, QMP does not
 
 
 class QemuIoFailed(CommandError):

@@ -17,7 +17,14 @@ from images.errors import BlockError
 from . import hmp_info as info_text
 from .args import _SPACE, ParseError, parse_arguments
 from .errors import CommandError, QemuIoFailed, qmp_error
+from .hmp_exports import (hmp_info_block_exports, hmp_info_blockstats,  # noqa: F401 (adapters)
+                          hmp_nbd_server_add, hmp_nbd_server_remove, hmp_nbd_server_start,
+                          hmp_nbd_server_stop)
 from .table import HMP_COMMANDS, INFO_COMMANDS, HmpCommand, find_command
+# Adapters written beside their commands, found by name like the ones below.
+from .backup import hmp_drive_backup  # noqa: F401
+from .bitmaps import (hmp_block_dirty_bitmap_add, hmp_block_dirty_bitmap_clear,  # noqa: F401
+                      hmp_block_dirty_bitmap_remove, hmp_info_dirty_bitmaps)
 
 
 @dataclass(frozen=True)
@@ -77,7 +84,9 @@ class HmpInterpreter:
         except QemuIoFailed as err:
             return HmpResult(err.text, False)
         except (CommandError, BlockError) as err:
-            return HmpResult("Error: %s\n" % qmp_error(err)["desc"], False)
+            hint = getattr(err, "hint", None)      # QEMU's error_append_hint: a second line
+            return HmpResult("Error: %s\n%s" % (qmp_error(err)["desc"], hint + "\n" if hint else ""),
+                             False)
 
     # -- console-bound defaults (the monitor overrides them) ---------------------------
     def _wait(self, args: dict) -> str:

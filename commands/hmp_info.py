@@ -11,8 +11,6 @@ from typing import Iterable, List, Optional, Sequence
 from .table import HMP_COMMANDS, INFO_COMMANDS, HmpCommand, find_command
 
 STRIP_WIDTH = 64
-CELL_CHARS = {"data": "#", "zero": "0", "unallocated": "."}
-MIXED = "+"
 
 
 # -- help ------------------------------------------------------------------------------
@@ -168,30 +166,44 @@ def _dump_value(value, indent: int) -> List[str]:
 
 # -- info blockmap (ours) ----------------------------------------------------------------
 def allocation_strip(runs: Sequence[Sequence], virtual_size: int, width: int = STRIP_WIDTH) -> str:
-    """One character per cell of the virtual disk: '#' data, '0' zero, '.' unallocated, '+' mixed.
+    """One character per cell of the virtual disk, by the share of the cell this image
+    allocates (what a stream copies from it), on a halving scale so that 25% and 2% look
+    different: '█' all, '▇' half or more, '▆' a quarter or more, ... '▂' 1/64 or more,
+    '▁' less; '0' a cell of zero clusters only, '.' nothing (read from below).
 
-    ``runs`` are ``[kind, offset, length]`` sorted by offset; a cell no run covers
-    counts as unallocated.  Disks smaller than ``width`` bytes get one cell per byte.
+    ``runs`` are ``[kind, offset, length]``; bytes no run covers are unallocated.  Disks
+    smaller than ``width`` bytes get one cell per byte.
     """
     width = min(width, virtual_size)
-    cells, index = [], 0
-    ordered = sorted((r for r in runs if r[2] > 0), key=lambda r: r[1])
+    allocated, data = [0] * width, [0] * width
+    for kind, offset, length in (r[:3] for r in runs):
+        if kind == "unallocated" or length <= 0:
+            continue
+        first, last = offset * width // virtual_size, (offset + length - 1) * width // virtual_size
+        for cell in range(first, min(last, width - 1) + 1):
+            start, end = cell * virtual_size // width, (cell + 1) * virtual_size // width
+            inside = min(end, offset + length) - max(start, offset)
+            allocated[cell] += inside
+            data[cell] += inside if kind == "data" else 0
+    cells = []
     for cell in range(width):
-        start, end = cell * virtual_size // width, (cell + 1) * virtual_size // width
-        while index < len(ordered) and ordered[index][1] + ordered[index][2] <= start:
-            index += 1
-        kinds, covered, probe = set(), start, index
-        while probe < len(ordered) and ordered[probe][1] < end:
-            kind, offset, length = ordered[probe][:3]
-            if offset > covered:
-                kinds.add("unallocated")
-            kinds.add(kind)
-            covered = max(covered, offset + length)
-            probe += 1
-        if covered < end:
-            kinds.add("unallocated")
-        cells.append(CELL_CHARS.get(kinds.pop(), "?") if len(kinds) == 1 else MIXED)
+        size = (cell + 1) * virtual_size // width - cell * virtual_size // width
+        cells.append(_cell_char(allocated[cell], data[cell], size))
     return "".join(cells)
+
+
+SHADES = "▁▂▃▄▅▆▇█"         # index k: a share of at least 2**(k-7) of the cell
+
+
+def _cell_char(allocated: int, data: int, size: int) -> str:
+    if allocated == 0:
+        return "."
+    if allocated >= size and data == 0:
+        return "0"
+    share, level = allocated / size, len(SHADES) - 1
+    while level > 0 and share < 2.0 ** (level - len(SHADES) + 1):
+        level -= 1
+    return SHADES[level]
 
 
 def format_blockmap(device: str, layers: Sequence[dict], width: int = STRIP_WIDTH) -> str:
@@ -205,4 +217,6 @@ def format_blockmap(device: str, layers: Sequence[dict], width: int = STRIP_WIDT
     return "".join(lines)
 
 
-BLOCKMAP_LEGEND = "  legend: '#' data, '0' zero, '.' unallocated (read from below), '+' mixed\n"
+BLOCKMAP_LEGEND = ("  legend: the share of each cell an image holds, what a stream copies from it:\n"
+                   "    '█' all  '▇' 1/2+  '▆' 1/4+  '▅' 1/8+  '▄' 1/16+  '▃' 1/32+  '▂' 1/64+  "
+                   "'▁' less  '0' zero clusters only  '.' none (read from below)\n")

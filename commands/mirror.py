@@ -265,7 +265,7 @@ def mirror_job(table, owner, source, target, job_id, events, on_finished, args, 
             detach=lambda finished: _drained(table, owner, lambda: _unhook(owner, finished)),
             on_finished=on_finished,
             **common)
-        owner.write_notifiers.append(job.guest_write)
+        source.after_guest_write.append(job.guest_write)
     return job
 
 
@@ -294,8 +294,8 @@ def _pivot(table, owner, job):
 
 
 def _unhook(owner, job):
-    if job.guest_write in owner.write_notifiers:
-        owner.write_notifiers.remove(job.guest_write)
+    if job.guest_write in job.source.after_guest_write:
+        job.source.after_guest_write.remove(job.guest_write)
 
 
 def _finished(table, owner, job):

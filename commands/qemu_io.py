@@ -11,6 +11,7 @@ difference: qemu-io follows each read/write/discard line with a timing line
 out because it changes from run to run and would make transcripts unrepeatable
 (``qemu-io -q`` drops both lines; we keep the first, which is deterministic).
 """
+import re
 from typing import List, Tuple
 
 from images.driver import DATA, ZERO
@@ -120,6 +121,8 @@ def cvtnum(text: str) -> int:
 def parse_pattern(text: str) -> int:
     """strtol(text, 0): decimal, 0x hex or 0 octal, one byte."""
     try:
+        if not re.fullmatch(r"[+-]?(0[xX][0-9a-fA-F]+|[0-9]+)", text):
+            raise ValueError(text)      # int() would take '８', '1_0' and spaces
         if text.lower().startswith(("0x", "-0x", "+0x")):
             value = int(text, 16)
         elif len(text.lstrip("+-")) > 1 and text.lstrip("+-").startswith("0"):

@@ -1,7 +1,8 @@
 """QMP argument checking against the command table entries' schemas, with QAPI's texts.
 
 Order follows QEMU's input visitor: members in schema order (missing, wrong type,
-bad enum value), then leftovers (``Parameter 'x' is unexpected``).  Nothing is
+bad enum value), then leftovers (``Parameter 'x' is unexpected``).  A string
+holding a NUL is refused (we do better than QEMU, which would cut it there).  Nothing is
 converted or defaulted; the handler sees the arguments as given.
 """
 from typing import Optional
@@ -11,7 +12,7 @@ from .errors import COMMAND_NOT_FOUND, CommandError
 from .table import ENUMS, find_qmp_command
 
 INT64_MIN = -INT64_MAX - 1
-_TYPE_WORDS = {"str": "string", "int": "integer", "bool": "boolean"}
+_TYPE_WORDS = {"str": "string", "int": "integer", "bool": "boolean", "object": "object"}
 
 
 def schema_of(name: str) -> dict:
@@ -47,7 +48,7 @@ def check_value(member: str, type_, value) -> None:
         for item in value:
             check_value(member, type_[0], item)
         return
-    if type_ == "any":      # a union or nested object; its handler checks it
+    if type_ == "any":        # an alternate (e.g. BlockDirtyBitmapOrStr): the handler checks it
         return
     if type_ in ENUMS:
         if not isinstance(value, str):
@@ -59,6 +60,8 @@ def check_value(member: str, type_, value) -> None:
         ok = isinstance(value, str)
     elif type_ == "bool":
         ok = isinstance(value, bool)
+    elif type_ == "object":
+        ok = isinstance(value, dict)
     elif type_ == "int":
         ok = (isinstance(value, int) and not isinstance(value, bool)
               and INT64_MIN <= value <= INT64_MAX)
@@ -66,6 +69,10 @@ def check_value(member: str, type_, value) -> None:
         raise ValueError("unknown schema type %r for %r" % (type_, member))
     if not ok:
         raise _type_error(member, _TYPE_WORDS[type_])
+    if type_ == "str" and "\0" in value:
+        # Names and paths end at a NUL in C: QEMU would act on a prefix of the value
+        # (or store the NUL in an image header).  Refuse it whole instead.
+        raise CommandError("Parameter '%s' must not contain a NUL character" % member)
 
 
 def _type_error(member: str, expected: str) -> CommandError:

@@ -5,8 +5,10 @@ here by reference; ``BlockCore.execute`` validates the arguments against the
 entry's schema and calls it.  Job-starting commands live in their own modules
 (``block_stream``, later mirror, commit, backup) on ``commands.block_jobs``.
 """
+from images.errors import JobError
+
 from . import block_info
-from .errors import QemuIoFailed
+from .errors import CommandError, QemuIoFailed
 from .hmp import HmpInterpreter
 from .qemu_io import run_qemu_io
 from .table import qmp_command_names
@@ -65,6 +67,17 @@ def job_dismiss(core, args):
     return core.find_job(args["id"]).dismiss()
 
 
+def generic_job_dismiss(core, args):
+    """job-qmp.c: the generic job commands find jobs with find_job_locked, whose miss is
+    a GenericError 'Job not found' (the block-job-* ones say DeviceNotActive)."""
+    try:
+        return core.find_job(args["id"]).dismiss()
+    except JobError as err:
+        if err.not_found:
+            raise CommandError("Job not found") from err
+        raise
+
+
 # -- guest and human paths ------------------------------------------------------------------
 def human_monitor_command(core, args):
     result = HmpInterpreter(core).run_line(args["command-line"])
@@ -72,15 +85,16 @@ def human_monitor_command(core, args):
 
 
 def qemu_io(core, args):
-    device = core.devices.device(args["device"])
-    if device is None:  # a node name: no device switch can race with it
-        output, ok = run_qemu_io(core.active_image(args["device"]), args["command"])
-    else:
-        with device.io_lock:
-            output, ok = run_qemu_io(device.guest_image(), args["command"])
+    # The same guest path as NBD clients: the device's current top, counted in blockstats.
+    output, ok = run_qemu_io(core.backend(args["device"]), args["command"])
     if not ok:
         raise QemuIoFailed(output)
     return output
+
+
+def query_blockstats(core, args):
+    return [{"device": dev.name, "node-name": dev.top.node_name, "stats": dev.stats.snapshot()}
+            for dev in core.devices.devices()]
 
 
 def block_map(core, args):

@@ -41,13 +41,12 @@ def _check_not_live(table, top, path):
 
 
 def _create_overlay(path, top):
-    directory = os.path.dirname(os.path.abspath(path)) or "."
-    if not os.path.isdir(directory):
-        raise CommandError("Could not create '%s': No such file or directory" % path)
-    if not os.access(directory, os.W_OK):
-        raise CommandError("Could not create '%s': Permission denied" % path)
+    full = os.path.abspath(path)
     try:
-        create_qcow2(os.path.abspath(path), top.virtual_size, backing_name=top.path,
+        # The create's own error is the one to report, as QEMU does: ENOENT, ENOTDIR
+        # (a path under a regular file), EACCES, EROFS, EISDIR...
+        os.close(os.open(full, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+        create_qcow2(full, top.virtual_size, backing_name=top.path,
                      backing_format=top.format_name)
     except OSError as err:
         raise CommandError("Could not create '%s': %s" % (path, err.strerror)) from err

@@ -58,9 +58,17 @@ INFO_COMMANDS: Tuple[HmpCommand, ...] = (
     HmpCommand("block-jobs", "", "", "show progress of ongoing block device operations",
                qmp="query-block-jobs"),
     HmpCommand("blockmap", "device:B?", "[device]",
-               "show which image of the backing chain holds each part of the disk: "
-               "'#' data, '0' zero, '.' unallocated, '+' mixed (blockmon)",
+               "show which image of the backing chain holds each part of the disk, "
+               "shaded by how much of it (blockmon)",
                qmp="x-blockmon-block-map", ours=True),
+    HmpCommand("dirty-bitmaps", "device:B?", "[device]",
+               "show the dirty bitmaps of each node of one block device or all block devices "
+               "(blockmon)", qmp="x-blockmon-query-dirty-bitmaps", ours=True,
+               complete={"device": "devices"}),
+    HmpCommand("blockstats", "", "", "show block device statistics", qmp="query-blockstats"),
+    HmpCommand("block-exports", "", "",
+               "show the NBD server, its exports and their clients (blockmon)",
+               qmp="x-blockmon-query-exports", ours=True),
 )
 
 HMP_COMMANDS: Tuple[HmpCommand, ...] = (
@@ -112,10 +120,48 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
                qmp="blockdev-snapshot-sync",
                complete={"device": "devices", "snapshot-file": "files", "format": "formats"}),
     # -d (qdev id) is accepted for compatibility: our device ids are the drive names.
+    HmpCommand("drive_backup", "reuse:-n,full:-f,compress:-c,device:B,target:s,format:s?",
+               "[-n] [-f] [-c] device target [format]",
+               "initiates a point-in-time\n\t\t\t"
+               "copy for a device. The device's contents are\n\t\t\t"
+               "copied to the new image file, excluding data that\n\t\t\t"
+               "is written after the command is started.\n\t\t\t"
+               "The -n flag requests QEMU to reuse the image found\n\t\t\t"
+               "in new-image-file, instead of recreating it from scratch.\n\t\t\t"
+               "The -f flag requests QEMU to copy the whole disk,\n\t\t\t"
+               "so that the result does not need a backing file.\n\t\t\t"
+               "The -c flag requests QEMU to compress backup data\n\t\t\t"
+               "(if the target format supports it).\n\t\t\t",
+               qmp="drive-backup",
+               complete={"device": "devices", "target": "files", "format": "formats"}),
     HmpCommand("qemu-io", "qdev:-d,device:B,command:s", "[-d] [device] \"[command]\"",
                "run a qemu-io command on a block device\n\t\t\t"
                "-d: [device] is a device ID rather than a drive ID or node name",
                qmp="x-blockmon-qemu-io", complete={"command": "qemu-io"}),
+    HmpCommand("block_dirty_bitmap_add", "persistent:-p,disabled:-d,device:B,name:s,granularity:o?",
+               "[-p] [-d] device name [granularity]",
+               "add a dirty bitmap to a block device or node: it records\n\t\t\t"
+               "what the guest writes from now on (-p: stored in the\n\t\t\t"
+               "qcow2 file, -d: not recording yet; granularity with a\n\t\t\t"
+               "suffix, e.g. 64k) (blockmon)",
+               qmp="block-dirty-bitmap-add", ours=True, complete={"device": "devices"}),
+    HmpCommand("block_dirty_bitmap_remove", "device:B,name:s", "device name",
+               "remove a dirty bitmap (from the qcow2 file too) (blockmon)",
+               qmp="block-dirty-bitmap-remove", ours=True, complete={"device": "devices"}),
+    HmpCommand("block_dirty_bitmap_clear", "device:B,name:s", "device name",
+               "clear a dirty bitmap: nothing is dirty (blockmon)",
+               qmp="block-dirty-bitmap-clear", ours=True, complete={"device": "devices"}),
+    # QEMU's params strings start with the command name: its help prints the name twice.
+    HmpCommand("nbd_server_start", "all:-a,writable:-w,uri:s",
+               "nbd_server_start [-a] [-w] host:port",
+               "serve block devices on the given host and port", qmp="nbd-server-start"),
+    HmpCommand("nbd_server_add", "writable:-w,device:B,name:s?", "nbd_server_add [-w] device [name]",
+               "export a block device via NBD", qmp="nbd-server-add",
+               complete={"device": "devices"}),
+    HmpCommand("nbd_server_remove", "force:-f,name:s", "nbd_server_remove [-f] name",
+               "remove an export previously exposed via NBD", qmp="nbd-server-remove"),
+    HmpCommand("nbd_server_stop", "", "nbd_server_stop",
+               "stop serving block devices using the NBD protocol", qmp="nbd-server-stop"),
     HmpCommand("info", "item:s?", "[subcommand]",
                "show various information about the system state",
                sub_table=INFO_COMMANDS, complete={"item": "info"}),
@@ -129,11 +175,16 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
 
 # -- QMP commands: name, argument schema, handler -------------------------------------------
 # A schema maps argument name -> type; '*' marks optional (QAPI notation); a type is
-# "str", "int", "bool", an enum name of ENUMS, or [type].
+# "str", "int", "bool", "object" (a JSON object the handler checks), an enum name of
+# ENUMS, [type], or "any" (an alternate such as BlockDirtyBitmapOrStr, which the
+# handler checks).
 ENUMS: Dict[str, Tuple[str, ...]] = {
     "BlockdevOnError": ON_ERROR_POLICIES,
     "NewImageMode": ("existing", "absolute-paths"),
     "MirrorSyncMode": ("top", "full", "none", "incremental", "bitmap"),
+    "BitmapSyncMode": ("on-success", "never", "always"),
+    "BlockExportRemoveMode": ("safe", "hard"),
+    "BlockExportType": ("nbd",),
     "MirrorCopyMode": ("background", "write-blocking"),
 }
 
@@ -163,9 +214,23 @@ _STREAM_SCHEMA = {
     "*backing-file": "str", "*speed": "int", "*on-error": "BlockdevOnError",
     "*auto-finalize": "bool", "*auto-dismiss": "bool",
 }
+_BACKUP_SCHEMA = {
+    "*job-id": "str", "device": "str", "sync": "MirrorSyncMode", "*speed": "int",
+    "*bitmap": "str", "*bitmap-mode": "BitmapSyncMode", "*compress": "bool",
+    "*on-source-error": "BlockdevOnError", "*on-target-error": "BlockdevOnError",
+    "*auto-finalize": "bool", "*auto-dismiss": "bool", "target": "str",
+    "*format": "str", "*mode": "NewImageMode",
+}
+_BITMAP = {"node": "str", "name": "str"}
 _SNAPSHOT_SCHEMA = {
     "*device": "str", "*node-name": "str", "snapshot-file": "str",
     "*snapshot-node-name": "str", "*format": "str", "*mode": "NewImageMode",
+}
+
+_EXPORT_SCHEMA = {
+    "type": "BlockExportType", "id": "str", "*fixed-iothread": "bool", "*iothread": "str",
+    "node-name": "str", "*writable": "bool", "*writethrough": "bool", "*name": "str",
+    "*description": "str", "*bitmaps": ["str"], "*allocation-depth": "bool",
 }
 
 QMP_COMMANDS: Tuple[QmpCommand, ...] = (
@@ -197,13 +262,40 @@ QMP_COMMANDS: Tuple[QmpCommand, ...] = (
     QmpCommand("block-job-finalize", "qmp_handlers.job_finalize", {"id": "str"}),
     QmpCommand("block-job-dismiss", "qmp_handlers.job_dismiss", {"id": "str"}),
     # QEMU 3.0's generic twin of block-job-dismiss
-    QmpCommand("job-dismiss", "qmp_handlers.job_dismiss", {"id": "str"}),
+    QmpCommand("job-dismiss", "qmp_handlers.generic_job_dismiss", {"id": "str"}),
     QmpCommand("blockdev-snapshot-sync", "snapshot.snapshot_sync", _SNAPSHOT_SCHEMA),
     QmpCommand("human-monitor-command", "qmp_handlers.human_monitor_command",
                {"command-line": "str", "*cpu-index": "int"}),
     QmpCommand("x-blockmon-qemu-io", "qmp_handlers.qemu_io", {"device": "str", "command": "str"}),
     QmpCommand("x-blockmon-block-map", "qmp_handlers.block_map", {"device": "str"}),
+    QmpCommand("drive-backup", "backup.drive_backup", _BACKUP_SCHEMA),
+    QmpCommand("block-dirty-bitmap-add", "bitmaps.add",
+               dict(_BITMAP, **{"*granularity": "int", "*persistent": "bool",
+                                "*disabled": "bool"})),
+    QmpCommand("block-dirty-bitmap-remove", "bitmaps.remove", _BITMAP),
+    QmpCommand("block-dirty-bitmap-clear", "bitmaps.clear", _BITMAP),
+    QmpCommand("block-dirty-bitmap-enable", "bitmaps.enable", _BITMAP),
+    QmpCommand("block-dirty-bitmap-disable", "bitmaps.disable", _BITMAP),
+    QmpCommand("block-dirty-bitmap-merge", "bitmaps.merge",
+               {"node": "str", "target": "str", "bitmaps": ["any"]}),
+    QmpCommand("x-blockmon-query-dirty-bitmaps", "bitmaps.query"),
     QmpCommand("quit", "qmp_handlers.quit"),
+    QmpCommand("query-blockstats", "qmp_handlers.query_blockstats", {"*query-nodes": "bool"}),
+    # addr is QAPI's SocketAddressLegacy ({"type", "data"}); commands.exports checks inside it
+    QmpCommand("nbd-server-start", "exports.nbd_server_start",
+               {"addr": "object", "*tls-creds": "str", "*tls-authz": "str",
+                "*max-connections": "int"}),
+    QmpCommand("nbd-server-add", "exports.nbd_server_add",
+               {"device": "str", "*name": "str", "*description": "str", "*writable": "bool",
+                "*bitmap": "str"}),
+    QmpCommand("nbd-server-remove", "exports.nbd_server_remove",
+               {"name": "str", "*mode": "BlockExportRemoveMode"}),
+    QmpCommand("nbd-server-stop", "exports.nbd_server_stop"),
+    QmpCommand("block-export-add", "exports.block_export_add", _EXPORT_SCHEMA),
+    QmpCommand("block-export-del", "exports.block_export_del",
+               {"id": "str", "*mode": "BlockExportRemoveMode"}),
+    QmpCommand("query-block-exports", "exports.query_block_exports"),
+    QmpCommand("x-blockmon-query-exports", "exports.query_exports_details"),
 )
 
 

@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass
 from typing import List, NamedTuple, Optional
 
+from .dirty_bitmap import NodeBitmaps
+
 # The image formats blockmon opens and creates (QEMU's driver names): the one list.
 FORMATS = ("qcow2", "raw")
 
@@ -62,6 +64,13 @@ class BlockImage:
         self.backing_name: Optional[str] = None    # the string stored in the header
         self.backing_format: Optional[str] = None  # the format stored in the header
         self.node_name: Optional[str] = None       # set by whoever names the nodes
+        self.dirty_bitmaps = NodeBitmaps()         # QEMU's bs->dirty_bitmaps
+        # Called as f(offset, length) before each guest write, zero write or discard
+        # (guest_io.GuestView): a backup copies the old data out first.
+        self.before_guest_write: list = []
+        # Called as f(kind, offset, length, data) after each guest write, zero write
+        # or discard, the image's lock held (guest_io.GuestView): a mirror job.
+        self.after_guest_write: list = []
         self.virtual_size = 0
         self.cluster_size = 512
 

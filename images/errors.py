@@ -4,6 +4,8 @@
      +-- ImageError            a malformed, unsupported or unusable image file
      |    +-- ChainError       a backing chain that cannot be opened (loop, missing, too deep)
      +-- ImageIOError          an I/O error while reading or writing an image (carries errno)
+     |    +-- ImageCorruptError  metadata found impossible while reading (also an ImageError):
+     |                         EIO, as QEMU's qcow2_signal_corruption, so job policies apply
      +-- JobError              a job verb that the job's state does not allow, or a bad job id
 
 Every error carries ``desc``, the one-line message shown to the user (QEMU's text
@@ -47,6 +49,19 @@ class ImageIOError(BlockError):
         super().__init__(desc or os.strerror(errno))
         self.errno = errno
         self.operation = operation
+
+
+class ImageCorruptError(ImageError, ImageIOError):
+    """Metadata that points somewhere impossible, met while reading (an unaligned L2 entry,
+    an undecodable compressed cluster).  QEMU turns it into EIO for the request, so it is
+    an I/O error (errno EIO) to the job's on-error policy, and an ImageError by nature."""
+
+    def __init__(self, desc: str, path: str = None, value=None):
+        BlockError.__init__(self, desc)
+        self.path = path
+        self.value = value
+        self.errno = _errno.EIO
+        self.operation = "read"
 
 
 class JobError(BlockError):

@@ -1,59 +1,57 @@
-"""The guest's write path to an image, with write notifiers (QEMU's before/after-write hooks).
+"""The guest's path to a node: what a device (qemu-io, an NBD client) does to its disk.
 
-A job that must see every guest write (the mirror: dirty tracking, or write-through
-to its target) registers a notifier on the device; every guest path (qemu-io in
-the monitor, an NBD export) writes through ``NotifyingImage`` instead of the bare
-image.  A notifier is called as ``notifier(kind, offset, length, data)`` with
-``kind`` one of 'write', 'zero', 'discard' (``data`` is the bytes for 'write',
-else None), *after* the image changed and while the image's lock is still held:
-a job that holds the same lock while it reads a range and copies it can never
-miss a write (the write is either before its read, or notified after it).
-A notifier is called even when the write failed part way, since part of it may
-have landed.
+``GuestView(image)`` stands for the image in guest requests.  Reads, block status and
+everything else pass through; before a write, a zero write or a discard, the node's
+``before_guest_write`` notifiers run (a backup job copies the old data out: QEMU's
+copy-before-write filter), then the node's recording dirty bitmaps are marked (QEMU's
+bdrv_co_write_req_finish -> bdrv_set_dirty).
+Marking before the write means a bit is never missing for data that reached the disk.
+After the write, the node's ``after_guest_write`` notifiers run as
+``f(kind, offset, length, data)`` (kind 'write', 'zero' or 'discard'; data only for
+'write'), with the image's lock held from before the write: a mirror job that
+plans its copy under the same lock can never miss a write (the write either lands
+before the plan or is reported after it), and in write-blocking mode sends the
+bytes on to its target.  They run even when the write failed part way.
+Jobs write to images directly, so their copies (a stream's, which leave the guest's
+view unchanged) mark nothing.
 """
 
 
-class NotifyingImage:
-    """A BlockImage whose write, write_zeroes and discard report to ``notifiers``.
+class GuestView:
+    """An image as the guest sees it: writes are recorded in its dirty bitmaps."""
 
-    Everything else (read, block_status, virtual_size, ...) is the image's own.
-    """
-
-    def __init__(self, image, notifiers):
-        self._image = image
-        self._notifiers = tuple(notifiers)
-
-    @property
-    def image(self):
-        return self._image
-
-    def write(self, offset, data):
-        with self._image.lock:
-            try:
-                self._image.write(offset, data)
-            finally:
-                self._notify("write", offset, len(data), bytes(data))
-
-    def write_zeroes(self, offset, length):
-        with self._image.lock:
-            try:
-                self._image.write_zeroes(offset, length)
-            finally:
-                self._notify("zero", offset, length, None)
-
-    def discard(self, offset, length):
-        with self._image.lock:
-            try:
-                self._image.discard(offset, length)
-            finally:
-                self._notify("discard", offset, length, None)
-
-    def _notify(self, kind, offset, length, data):
-        for notifier in self._notifiers:
-            notifier(kind, offset, length, data)
+    def __init__(self, image):
+        self.image = image
 
     def __getattr__(self, name):
-        return getattr(self._image, name)
+        return getattr(self.image, name)
 
-    def __repr__(self):
-        return "<NotifyingImage %r>" % (self._image,)
+    def _before_write(self, offset: int, length: int) -> None:
+        for notify in list(self.image.before_guest_write):
+            notify(offset, length)
+        self.image.dirty_bitmaps.mark(offset, length)
+
+    def _after_write(self, call, kind, offset, length, data=None):
+        with self.image.lock:
+            try:
+                call()
+            finally:
+                for notify in list(self.image.after_guest_write):
+                    notify(kind, offset, length, data)
+
+    def write(self, offset: int, data) -> None:
+        length = len(memoryview(data).cast("B"))
+        self._before_write(offset, length)
+        if not self.image.after_guest_write:
+            self.image.write(offset, data)
+            return
+        self._after_write(lambda: self.image.write(offset, data), "write", offset, length,
+                          bytes(data))
+
+    def write_zeroes(self, offset: int, length: int) -> None:
+        self._before_write(offset, length)
+        self._after_write(lambda: self.image.write_zeroes(offset, length), "zero", offset, length)
+
+    def discard(self, offset: int, length: int) -> None:
+        self._before_write(offset, length)
+        self._after_write(lambda: self.image.discard(offset, length), "discard", offset, length)

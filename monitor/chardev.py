@@ -100,7 +100,7 @@ def _split_host_port(text: str, address: str):
         if ":" in host:
             raise ChardevError("chardev '%s': put an IPv6 address in brackets: '[%s]:%s'"
                                % (text, host, port_text))
-    if not port_text.isdigit() or int(port_text) > 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or int(port_text) > 65535:
         raise ChardevError("chardev '%s': bad port '%s' (expected 0-65535)" % (text, port_text))
     # An empty host means every interface, as in QEMU; is_loopback() then warns.
     return host or "0.0.0.0", int(port_text)

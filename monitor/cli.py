@@ -6,10 +6,11 @@
 after its input ends until a ``quit`` arrives from any monitor.
 """
 import sys
-import threading
 from typing import List, Optional
 
+from monitor.daemon_options import parse_daemon_options
 from monitor.drive_options import USAGE, UsageError, parse_command_line
+from monitor.lifecycle import QuitSignal, StdinLines, terminate_on_signals
 
 PROGRAM = "blockmon"
 
@@ -50,6 +51,28 @@ def start_servers(core, options, on_quit):
     return servers
 
 
+def nbd_server_factory(exports, address, max_connections):
+    """The NBD server the core's export commands start (imported only when used)."""
+    from monitor.nbd.server import NbdServer
+    return NbdServer(exports, address, max_connections)
+
+
+def start_exports(core, options) -> Optional[str]:
+    """``--nbd-server`` and ``--export``: the error line of the first that fails, else None."""
+    from commands.errors import CommandError
+    if options.nbd_server is not None:
+        try:
+            core.execute("nbd-server-start", options.nbd_server)
+        except CommandError as err:
+            return "--nbd-server: %s" % err.desc
+    for export in options.exports:
+        try:
+            core.execute("block-export-add", export)
+        except CommandError as err:
+            return "--export id=%s: %s" % (export["id"], err.desc)
+    return None
+
+
 def run_session(core, options, demo, quit_signal: "QuitSignal", serving: bool) -> int:
     """The console, the script, the ``-c`` commands or the walkthrough; the exit status."""
     from monitor.script import ScriptSession
@@ -64,8 +87,15 @@ def run_session(core, options, demo, quit_signal: "QuitSignal", serving: bool) -
     if options.commands or not sys.stdin.isatty():
         session = ScriptSession(core, sys.stdout, sys.stderr, echo=not options.quiet and not options.commands,
                                 err_is_tty=sys.stderr.isatty())
-        lines = options.commands if options.commands else sys.stdin
+        lines = options.commands
+        if not lines:
+            # Read in a thread: a quit (or a signal) ends the session even while the
+            # input is an open pipe that sends nothing.
+            lines = StdinLines(sys.stdin.fileno())
+            quit_signal.add_hook(lines.stop)
         ok = session.run_commands(lines, stop=quit_signal.event)
+        # A server started by the script itself (nbd_server_start) keeps it serving too.
+        serving = serving or core.exports.server is not None
         if serving and not session.quit_requested and not options.commands:
             quit_signal.event.wait()
         elif not session.quit_requested:
@@ -76,22 +106,9 @@ def run_session(core, options, demo, quit_signal: "QuitSignal", serving: bool) -
     if demo is not None:
         print("\n".join(demo.summary()))
     repl = Repl(core)
-    quit_signal.hooks.append(repl.request_exit)
+    quit_signal.add_hook(repl.request_exit)
     repl.run()
     return 0
-
-
-class QuitSignal:
-    """A ``quit`` from any monitor server: sets ``event`` and calls the hooks (the REPL's exit)."""
-
-    def __init__(self):
-        self.event = threading.Event()
-        self.hooks = []
-
-    def __call__(self):
-        self.event.set()
-        for hook in list(self.hooks):
-            hook()
 
 
 def _open_servers(core, options, quit_signal):
@@ -120,6 +137,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     try:
         options = parse_command_line(argv)
+        parse_daemon_options(options)
     except UsageError as err:
         return _fail(str(err), 2)
     if options.show_help:
@@ -136,18 +154,25 @@ def main(argv: Optional[List[str]] = None) -> int:
         except DemoError as err:
             return _fail(str(err), 1)
     from commands.core import BlockCore
-    core = BlockCore()
-    error = open_drives(core, options.drives)
+    core = BlockCore(nbd_server_factory=nbd_server_factory)
+    error = open_drives(core, options.drives) or start_exports(core, options)
     if error:
         core.shutdown()
         return _fail(error, 1)
+    return _serve(core, options, demo)
+
+
+def _serve(core, options, demo) -> int:
+    """Signals, servers and the session; the exit status."""
     quit_signal = QuitSignal()
+    interactive = not (options.walkthrough or options.commands or not sys.stdin.isatty())
+    restore_signals = terminate_on_signals(core, quit_signal, interactive)
     servers, error = _open_servers(core, options, quit_signal)
-    if error:
-        core.shutdown()
-        return _fail(error, 1)
     try:
-        return run_session(core, options, demo, quit_signal, serving=servers is not None)
+        if error:
+            return _fail(error, 1)
+        serving = servers is not None or options.nbd_server is not None
+        return run_session(core, options, demo, quit_signal, serving=serving)
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
     finally:
@@ -156,3 +181,4 @@ def main(argv: Optional[List[str]] = None) -> int:
         core.shutdown()
         if servers is not None:
             servers.stop()
+        restore_signals()

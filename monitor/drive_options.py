@@ -45,6 +45,11 @@ class Options:
     walkthrough: bool = False
     qmp_specs: List[ChardevSpec] = field(default_factory=list)      # parsed once, here
     monitor_specs: List[ChardevSpec] = field(default_factory=list)
+    # --nbd-server and --export values as typed; monitor.daemon_options parses them
+    nbd_server_texts: List[str] = field(default_factory=list)
+    export_texts: List[str] = field(default_factory=list)
+    nbd_server: Optional[dict] = None       # nbd-server-start arguments, once parsed
+    exports: List[dict] = field(default_factory=list)   # block-export-add arguments
 
 
 def split_drive_value(text: str) -> dict:
@@ -71,7 +76,7 @@ def _check_drive_values(text: str, values: dict) -> None:
         raise UsageError("-drive %s: unknown format '%s' (qcow2 or raw)" % (text, values["format"]))
     if parse_bool(values.get("readonly", "off")) is None:
         raise UsageError("-drive %s: readonly expects on or off, got '%s'" % (text, values["readonly"]))
-    if "index" in values and not values["index"].isdigit():
+    if "index" in values and not (values["index"].isascii() and values["index"].isdigit()):
         raise UsageError("-drive %s: index expects a number, got '%s'" % (text, values["index"]))
     if values.get("if") == "none" and not values.get("id"):
         raise UsageError("-drive %s: if=none needs id=NAME" % text)
@@ -143,7 +148,8 @@ def parse_drive(text: str) -> dict:
 
 
 # Options taking a value: spelled QEMU's way (-drive) or GNU's way (--drive).
-_VALUE_OPTIONS = {"drive": "drive", "c": "command", "qmp": "qmp", "monitor": "monitor"}
+_VALUE_OPTIONS = {"drive": "drive", "c": "command", "qmp": "qmp", "monitor": "monitor",
+                  "nbd-server": "nbd-server", "export": "export"}
 _FLAG_OPTIONS = {"q": "quiet", "quiet": "quiet", "version": "version", "help": "help", "h": "help",
                  "walkthrough": "walkthrough"}
 
@@ -199,6 +205,10 @@ def _set_value(options: Options, drive_values: list, kind: str, value: str) -> N
         drive_values.append(parse_drive(value))
     elif kind == "command":
         options.commands.append(value)
+    elif kind == "nbd-server":
+        options.nbd_server_texts.append(value)
+    elif kind == "export":
+        options.export_texts.append(value)
     else:
         try:
             spec = parse_chardev(value)
@@ -220,11 +230,17 @@ A QEMU-monitor console for live block operations on qcow2 backing chains.
   -q                     scripted sessions: do not echo "(qemu) <command>"
   -qmp SPEC              serve QMP, e.g. unix:/tmp/qmp.sock,server=on,wait=off or tcp:127.0.0.1:4444
   -monitor SPEC          serve the human monitor (HMP) on a socket, same SPEC syntax
+  --nbd-server addr.type=unix,addr.path=PATH | addr.type=inet,addr.host=H,addr.port=P
+               [,max-connections=N]
+                         serve NBD exports (qemu-storage-daemon's syntax; no TLS)
+  --export type=nbd,id=ID,node-name=NODE[,name=NAME][,writable=on][,allocation-depth=on]
+                         export a node or device over NBD (NODE: a node or device name)
   --demo [DIR]           build a demo chain [A] <- [B] <- [C] <- [D] (virtio0) and a second
                          disk (ide0-hd0) in DIR (default: a new temporary directory)
   --walkthrough          with --demo: play the live-merge and live-copy scenarios
   --version              print the version and exit
   --help                 print this help and exit
 
-With standard input not a terminal, blockmon runs the lines it reads as a script.
+With standard input not a terminal, blockmon runs the lines it reads as a script;
+with a -qmp/-monitor/--nbd-server server it then keeps serving until quit or a signal.
 """

@@ -19,6 +19,9 @@ MAX_NESTING = 1024          # QEMU's MAX_NESTING in json-streamer.c
 _STRUCTURAL = re.compile(rb'[{}\[\]"]')
 _IN_STRING = re.compile(rb'["\\]')
 _SCALAR_END = re.compile(rb'[\s{}\[\]"]')
+# One escape of a string: a \uXXXX, or a backslash and the character it escapes (so
+# that an escaped backslash is consumed whole and never starts an escape of its own).
+_ESCAPE = re.compile(rb'\\(u[0-9a-fA-F]{4}|.)', re.DOTALL)
 
 
 class JsonParseError:
@@ -37,13 +40,41 @@ class JsonParseError:
 def parse_message(raw: bytes):
     """The JSON value of one complete message, or a JsonParseError."""
     try:
-        return json.loads(raw, parse_constant=_reject_constant)
+        value = json.loads(raw, parse_constant=_reject_constant)
     except RecursionError:
         return JsonParseError("JSON nesting depth limit exceeded")
     except json.JSONDecodeError as err:
         return JsonParseError("JSON parse error, " + err.msg[:1].lower() + err.msg[1:])
     except (ValueError, UnicodeDecodeError) as err:
         return JsonParseError("JSON parse error, %s" % err)
+    bad = _lone_surrogate(raw) if b"\\u" in raw else None
+    if bad is not None:
+        return JsonParseError("JSON parse error, %s is not a valid Unicode character" % bad)
+    return value
+
+
+def _lone_surrogate(raw: bytes):
+    """The first \\uXXXX escape that is half a surrogate pair without its other half, as
+    typed; QEMU's parse_string refuses it (Python would pass a lone surrogate on)."""
+    escapes = list(_ESCAPE.finditer(raw))
+    skip = False
+    for index, match in enumerate(escapes):
+        if skip:
+            skip = False
+            continue
+        body = match.group(1)
+        if len(body) != 5:
+            continue
+        code = int(body[1:], 16)
+        if 0xDC00 <= code <= 0xDFFF:
+            return match.group().decode("ascii")
+        if 0xD800 <= code <= 0xDBFF:
+            follower = escapes[index + 1] if index + 1 < len(escapes) else None
+            if (follower is None or follower.start() != match.end() or len(follower.group(1)) != 5
+                    or not 0xDC00 <= int(follower.group(1)[1:], 16) <= 0xDFFF):
+                return match.group().decode("ascii")
+            skip = True
+    return None
 
 
 def _reject_constant(name):

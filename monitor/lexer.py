@@ -13,7 +13,7 @@ from pygments.token import Error, Keyword, Name, Number, String, Text
 
 from commands.table import HMP_COMMANDS, command_words, find_command
 
-SIZE = re.compile(r"^\d+(\.\d+)?[bBkKmMgGtTpPeE]?$")
+SIZE = re.compile(r"^[0-9]+(\.[0-9]+)?[bBkKmMgGtTpPeE]?$")
 WORD = re.compile(r'\s+|"(?:[^"\\]|\\.)*"?|\S+')
 HELP_WORDS = ("help", "?")
 

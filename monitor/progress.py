@@ -45,26 +45,39 @@ def format_duration(seconds: float) -> str:
 
 
 class ThroughputMeter:
-    """Bytes per second of each job over the last RATE_WINDOW seconds."""
+    """Bytes per second of each job over the last RATE_WINDOW seconds: of its progress
+    (``offset``, which counts skipped ranges, as QEMU's) and of the bytes it copied."""
 
     def __init__(self, clock=time.monotonic, window: float = RATE_WINDOW):
         self._clock = clock
         self._window = window
         self._samples: Dict[str, deque] = {}
 
-    def observe(self, job_id: str, offset: int) -> Optional[float]:
-        """Record ``offset`` now; return the rate, or None until two samples span some time."""
+    def observe(self, job_id: str, offset: int, copied: Optional[int] = None) -> Optional[float]:
+        """Record ``offset`` (and ``copied``) now; return the progress rate, or None until
+        two samples span some time."""
         now = self._clock()
         samples = self._samples.setdefault(job_id, deque())
         if samples and offset < samples[-1][1]:
             samples.clear()        # a new job reused the id
-        samples.append((now, offset))
+        samples.append((now, offset, copied))
         while len(samples) > 2 and now - samples[1][0] >= self._window:
             samples.popleft()
-        first_time, first_offset = samples[0]
-        if now - first_time <= 0:
+        return self._rate(samples, 1)
+
+    def copied_rate(self, job_id: str) -> Optional[float]:
+        """The rate of copied bytes over the same samples; None without copied counts."""
+        samples = self._samples.get(job_id)
+        if not samples or samples[0][2] is None or samples[-1][2] is None:
             return None
-        return (offset - first_offset) / (now - first_time)
+        return self._rate(samples, 2)
+
+    @staticmethod
+    def _rate(samples, field: int) -> Optional[float]:
+        first, last = samples[0], samples[-1]
+        if last[0] - first[0] <= 0:
+            return None
+        return (last[field] - first[field]) / (last[0] - first[0])
 
     def forget(self, job_id: str) -> None:
         """Drop a job's samples (it stopped moving: its next figure starts afresh)."""
@@ -76,6 +89,17 @@ class ThroughputMeter:
                 del self._samples[job_id]
 
 
+def with_copied(core, infos: List[dict]) -> List[dict]:
+    """``query-block-jobs`` entries with each job's ``copied`` byte count added (not part
+    of QMP's BlockJobInfo: the monitor reads it from the core's job objects)."""
+    jobs = getattr(core, "jobs", None)
+    if not callable(jobs):
+        return infos
+    copied = {job.id: job.copied for job in jobs() if hasattr(job, "copied")}
+    return [dict(info, copied=copied[info["device"]]) if info.get("device") in copied else info
+            for info in infos]
+
+
 def job_state(info: dict) -> str:
     """The word shown after the bar: error, paused, ready, or the QEMU status."""
     if info.get("error") or info.get("io-status", "ok") != "ok":
@@ -85,8 +109,13 @@ def job_state(info: dict) -> str:
     return info.get("status", "running")
 
 
-def job_row(info: dict, rate: Optional[float], bar_width: int = BAR_WIDTH) -> List:
-    """The cells of one job's line: device, bar, percent, bytes, rate, ETA, limit, state."""
+def job_row(info: dict, rate: Optional[float], bar_width: int = BAR_WIDTH,
+            copy_rate: Optional[float] = None) -> List:
+    """The cells of one job's line: device, bar, percent, bytes, rate, ETA, limit, state.
+
+    Percent and bytes are progress as QEMU counts it (skipped ranges included); the rate
+    shown is of bytes really copied when known (``copy_rate``), the figure the speed limit
+    beside it governs; the ETA comes from the progress ``rate``."""
     total, done = info.get("len", 0), info.get("offset", 0)
     fraction = done / total if total else 0.0
     state = job_state(info)
@@ -102,11 +131,15 @@ def job_row(info: dict, rate: Optional[float], bar_width: int = BAR_WIDTH) -> Li
                     complete_style=style, finished_style=style),
         Text("%3d%%" % int(fraction * 100)),
         Text("%s/%s" % (format_bytes(done), format_bytes(total))),
-        Text((format_bytes(rate) + "/s") if rate is not None else "-- B/s"),
+        Text(_rate_text(copy_rate if copy_rate is not None else rate)),
         Text(eta),
         Text("limit " + (format_bytes(speed) + "/s" if speed else "none"), style="dim"),
         Text(state, style=style),
     ]
+
+
+def _rate_text(rate: Optional[float]) -> str:
+    return (format_bytes(rate) + "/s") if rate is not None else "-- B/s"
 
 
 def _cell_width(cell) -> int:
@@ -143,12 +176,16 @@ def job_rate(info: dict, meter: ThroughputMeter) -> Optional[float]:
     if job_state(info) != "running":
         meter.forget(job_id)
         return None
-    return meter.observe(job_id, info.get("offset", 0))
+    return meter.observe(job_id, info.get("offset", 0), info.get("copied"))
 
 
 def jobs_table(infos: List[dict], meter: ThroughputMeter, width: Optional[int] = None) -> Table:
     """A grid with one row per job, columns aligned across jobs, fitted into ``width`` cells."""
-    rows = [job_row(info, job_rate(info, meter)) for info in infos]
+    rows = []
+    for info in infos:
+        rate = job_rate(info, meter)
+        copy_rate = meter.copied_rate(info.get("device", "?")) if rate is not None else None
+        rows.append(job_row(info, rate, copy_rate=copy_rate))
     meter.forget_except({info.get("device") for info in infos})
     kept, bar_width = fitting_columns(rows, width)
     grid = Table.grid(padding=(0, 1))

@@ -8,7 +8,7 @@ import shutil
 
 from prompt_toolkit.formatted_text import ANSI
 
-from monitor.progress import ThroughputMeter, jobs_table, render_ansi
+from monitor.progress import ThroughputMeter, jobs_table, render_ansi, with_copied
 
 REFRESH_INTERVAL = 0.5
 HINT_SEPARATOR = " \u2502 "
@@ -38,7 +38,7 @@ class JobsToolbar:
 
     def text(self) -> str:
         """The toolbar as ANSI-coded text (one line per job, or the idle hint)."""
-        infos = self._core.execute("query-block-jobs")
+        infos = with_copied(self._core, self._core.execute("query-block-jobs"))
         width = self._width() - 1
         if not infos:
             self._meter.forget_except(())

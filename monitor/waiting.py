@@ -19,6 +19,12 @@ def _waited_jobs(core, job_id: Optional[str]) -> List[dict]:
     return [info for info in infos if job_id is None or info.get("device") == job_id]
 
 
+def _quitting(core) -> bool:
+    """Whether a ``quit`` came from some monitor (an Event in the core, a flag in fakes)."""
+    flag = getattr(core, "quit_requested", False)
+    return flag.is_set() if hasattr(flag, "is_set") else bool(flag)
+
+
 def _all_paused(infos: List[dict]) -> bool:
     return all(info.get("paused") or info.get("status") in ("paused", "standby") for info in infos)
 
@@ -58,8 +64,8 @@ class JobWaiter:
     def _poll(self, job_id, draw) -> str:
         while True:
             infos = _waited_jobs(self._core, job_id)
-            if not infos:
-                return ""
+            if not infos or _quitting(self._core):
+                return ""       # a quit from a monitor server: leaving cancels the jobs
             draw(infos)
             if _all_waiting_for_complete(self._core, infos):
                 return ""   # a ready mirror waits for block_job_complete: the wait is over
@@ -74,7 +80,7 @@ class JobWaiter:
         from rich.live import Live
         from rich.text import Text
 
-        from monitor.progress import ThroughputMeter, waiting_view
+        from monitor.progress import ThroughputMeter, waiting_view, with_copied
         console = Console(file=self._stream, force_terminal=True)
         meter = ThroughputMeter()
         infos = _waited_jobs(self._core, job_id)
@@ -83,13 +89,12 @@ class JobWaiter:
         # Three cells spare: the terminal echoes "^C" after the last line; had that line
         # wrapped, the transient Live would erase one line too few and leave one behind.
         width = lambda: console.width - 3
-        with Live(waiting_view(infos, meter, job_id, width()), console=console,
-                  transient=True, auto_refresh=False) as live:
+        view = lambda now: waiting_view(with_copied(self._core, now), meter, job_id, width())
+        with Live(view(infos), console=console, transient=True, auto_refresh=False) as live:
             previous = (self._events.swap_sink(lambda line: live.console.print(Text.from_ansi(line)))
                         if self._events else None)
             try:
-                return self._poll(job_id, lambda now: live.update(
-                    waiting_view(now, meter, job_id, width()), refresh=True))
+                return self._poll(job_id, lambda now: live.update(view(now), refresh=True))
             finally:
                 if self._events:
                     self._events.swap_sink(previous)

@@ -32,6 +32,16 @@ def require_qemu():
     pytest.skip(message)
 
 
+def require_tool(name, package=None):
+    """Skip (or fail under BLOCKMON_REQUIRE_QEMU=1) unless the program ``name`` is installed."""
+    if shutil.which(name) is not None:
+        return shutil.which(name)
+    message = "%s missing; apt-get install -y %s" % (name, package or name)
+    if os.environ.get("BLOCKMON_REQUIRE_QEMU") == "1":
+        pytest.fail(message)
+    pytest.skip(message)
+
+
 def run(*argv, check=True, **kw):
     """Run a command, returning CompletedProcess with text output."""
     return subprocess.run(list(argv), check=check, capture_output=True, text=True, **kw)

@@ -18,14 +18,15 @@ IDS = [prefix + cmd.primary for cmd, prefix in ALL]
 # QEMU's own params for qemu-io bracket its mandatory arguments ("[-d] [device]
 # \"[command]\""); we keep QEMU's text, so only count and order are checked there.
 BRACKET_QUIRKS = {"qemu-io"}
-# QEMU's drive_mirror help ends with a line of three tabs ("\n\t\t\t"); kept verbatim.
-TRAILING_TAB_QUIRKS = {"drive_mirror"}
+# QEMU's drive_backup and drive_mirror helps end with "\n\t\t\t" (help shows a tabs-only
+# last line); kept.
+TRAILING_TAB_QUIRKS = {"drive_backup", "drive_mirror"}
 
 
 @pytest.mark.parametrize("cmd, prefix", ALL, ids=IDS)
 def test_entry_has_help_and_compiles(cmd, prefix):
-    text = cmd.help[:-4] if cmd.primary in TRAILING_TAB_QUIRKS else cmd.help
-    assert text.strip() and text == text.strip()
+    help_text = cmd.help[:-4] if cmd.primary in TRAILING_TAB_QUIRKS else cmd.help
+    assert help_text.strip() and help_text == help_text.strip()
     compile_args(cmd.args_type)
     assert cmd.ours == cmd.help.endswith("(blockmon)")
 
@@ -34,7 +35,10 @@ def test_entry_has_help_and_compiles(cmd, prefix):
 def test_params_match_args_type(cmd, prefix):
     """Every argument appears in params in order, optional ones bracketed, flags as [-x]."""
     specs = compile_args(cmd.args_type)
-    tokens = re.findall(r"\[-\w\]|[\w-]+|\[|\]", cmd.params.replace('"', ""))
+    params = cmd.params.replace('"', "")
+    if params.startswith(cmd.primary + " ") or params == cmd.primary:
+        params = params[len(cmd.primary):]    # QEMU's nbd_server_* params repeat the name
+    tokens = re.findall(r"\[-\w\]|[\w:-]+|\[|\]", params)
     flags = [t for t in tokens if t.startswith("[-")]
     assert flags == ["[-%s]" % s.kind.flag for s in specs if s.is_flag]
     positional = [s for s in specs if not s.is_flag]
@@ -84,7 +88,7 @@ def test_schemas_use_known_types():
         for key, type_ in schema.items():
             assert re.fullmatch(r"\*?[a-z][a-z0-9-]*", key), (name, key)
             inner = type_[0] if isinstance(type_, list) else type_
-            assert inner in ("str", "int", "bool", "any") or inner in ENUMS, (name, key)
+            assert inner in ("str", "int", "bool", "object", "any") or inner in ENUMS, (name, key)
 
 
 def test_query_commands_lists_the_schemas_and_core_api_commands():

@@ -1,88 +1,128 @@
-"""The in-memory dirty bitmap against a model: a set of dirty granule indices."""
+"""The in-memory dirty bitmap against a model (a set of granules), its serialised form,
+and the per-node bitmap list: order, lookups and QEMU's refusal texts."""
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
+from hypothesis import given, settings, strategies as st
 
-from images.dirty_bitmap import DirtyBitmap
+from images.dirty_bitmap import (BUSY, CHECK_DEFAULT, INCONSISTENT, READONLY, BitmapError,
+                                 DirtyBitmap, NodeBitmaps)
 
-G = 4096
-
-
-def model_runs(dirty, size):
-    runs, start = [], None
-    for index in range(-(-size // G) + 1):
-        if index in dirty and start is None:
-            start = index
-        elif index not in dirty and start is not None:
-            runs.append((start * G, min(index * G, size) - start * G))
-            start = None
-    return runs
+SIZE = 1 << 20 | 12345          # not a whole number of granules: the last one is partial
+GRAN = 4096
 
 
-def model_count(dirty, size):
-    return sum(min((i + 1) * G, size) - i * G for i in dirty)
-
-
-ranges = st.tuples(st.integers(0, 40 * G), st.integers(0, 12 * G))
-
-
-@settings(max_examples=300, deadline=None)
-@given(st.lists(st.tuples(st.sampled_from(["set", "clear", "take"]), ranges), max_size=30),
-       st.integers(1, 33 * G))
-def test_bitmap_matches_a_granule_set(ops, size):
-    bitmap, dirty = DirtyBitmap(size, G), set()
-    granules = -(-size // G)
-    for op, (offset, length) in ops:
-        end = min(offset + length, size)
-        if op == "set":
-            bitmap.set(offset, length)
-            if length and offset < size:
-                dirty |= set(range(offset // G, -(-end // G)))
+def model_granules(ops, size, gran):
+    dirty = set()
+    last = -(-size // gran)
+    for op, offset, length in ops:
+        if op == "set" and length:
+            dirty |= set(range(offset // gran, (offset + length - 1) // gran + 1))
+        elif op == "reset":
+            lo = -(-offset // gran)
+            hi = last if offset + length >= size else (offset + length) // gran
+            dirty -= set(range(lo, hi))
         elif op == "clear":
-            bitmap.clear(offset, length)
-            first = -(-offset // G)
-            last = granules if end >= size else end // G
-            dirty -= set(range(first, last))
+            dirty = set()
+    return dirty
+
+
+def extents_of(granules, size, gran):
+    out = []
+    for g in sorted(granules):
+        lo, hi = g * gran, min(size, (g + 1) * gran)
+        if out and out[-1][0] + out[-1][1] == lo:
+            out[-1] = (out[-1][0], out[-1][1] + hi - lo)
         else:
-            taken = bitmap.take(offset, length)
-            covered = {o // G + i for o, n in taken for i in range(-(-n // G))}
-            assert covered <= dirty
-            assert all(o >= offset // G * G for o, _n in taken)
-            dirty -= covered
-        assert bitmap.count() == model_count(dirty, size)
-        assert list(bitmap.iter_dirty()) == model_runs(dirty, size)
-        for index in range(granules):
-            assert bitmap.is_dirty(index * G) == (index in dirty)
+            out.append((lo, hi - lo))
+    return out
 
 
-def test_partial_clear_keeps_the_granule_dirty():
-    bitmap = DirtyBitmap(10 * G, G)
-    bitmap.set(100, 1)
-    bitmap.clear(0, G - 1)
-    assert bitmap.count() == G
-    bitmap.clear(0, G)
-    assert bitmap.count() == 0
+ranges = st.integers(0, SIZE - 1).flatmap(
+    lambda off: st.tuples(st.just(off), st.integers(0, min(SIZE - off, 200000))))
+operations = st.lists(st.tuples(st.sampled_from(["set", "set", "reset", "clear"]), ranges)
+                      .map(lambda t: (t[0], t[1][0], t[1][1])), max_size=30)
 
 
-def test_last_granule_is_clipped_to_the_disk():
-    bitmap = DirtyBitmap(G + 512, G)
-    bitmap.set(0, G + 512)
-    assert bitmap.count() == G + 512
-    assert list(bitmap.iter_dirty()) == [(0, G + 512)]
-    assert bitmap.take(0, 1 << 30) == [(0, G + 512)]
-    assert bitmap.count() == 0
+@settings(max_examples=150, deadline=None)
+@given(operations)
+def test_bitmap_matches_a_set_of_granules(ops):
+    bitmap = DirtyBitmap("b", SIZE, GRAN)
+    for op, offset, length in ops:
+        if op == "set":
+            bitmap.set_dirty(offset, length)
+        elif op == "reset":
+            bitmap.reset(offset, length)
+        else:
+            bitmap.clear()
+    dirty = model_granules(ops, SIZE, GRAN)
+    assert bitmap.count() == len(dirty) * GRAN
+    assert bitmap.extents() == extents_of(dirty, SIZE, GRAN)
+    for g in list(dirty)[:5]:
+        assert bitmap.is_dirty(g * GRAN + 1)
+    # the serialised form round-trips, and has bit j of byte i for granule 8i+j
+    data = bitmap.to_bytes(0, 8 * -(-bitmap.granules // 8))
+    assert {i * 8 + j for i, byte in enumerate(data) for j in range(8) if byte >> j & 1} == dirty
+    loaded = DirtyBitmap("c", SIZE, GRAN)
+    loaded.load_bytes(data, 0)
+    assert loaded.extents() == bitmap.extents()
 
 
-def test_take_cuts_at_granules_and_takes_at_least_one():
-    bitmap = DirtyBitmap(100 * G, G)
-    bitmap.set(0, 10 * G)
-    assert bitmap.take(0, 3 * G + 5) == [(0, 3 * G)]
-    assert bitmap.take(0, 1) == [(3 * G, G)]
-    assert bitmap.count() == 6 * G
+def test_extents_are_clipped_to_the_range_and_the_disk():
+    bitmap = DirtyBitmap("b", SIZE, GRAN)
+    bitmap.set_dirty(SIZE - 10, 10)
+    bitmap.set_dirty(0, 1)
+    assert bitmap.count() == 2 * GRAN           # whole granules, the partial last one too
+    assert bitmap.extents() == [(0, GRAN), (SIZE // GRAN * GRAN, SIZE % GRAN)]
+    assert bitmap.extents(100, 50) == [(100, 50)]
+    assert bitmap.extents(GRAN, SIZE - GRAN - 1) == [(SIZE // GRAN * GRAN, SIZE % GRAN - 1)]
 
 
-def test_granularity_must_be_a_power_of_two():
-    with pytest.raises(ValueError):
-        DirtyBitmap(G, 1000)
-    with pytest.raises(ValueError):
-        DirtyBitmap(G, 256)
+def test_merge_takes_byte_ranges_across_granularities():
+    fine = DirtyBitmap("fine", SIZE, 512)
+    fine.set_dirty(5000, 10)
+    coarse = DirtyBitmap("coarse", SIZE, 65536)
+    coarse.merge_from(fine)
+    assert coarse.extents() == [(0, 65536)]
+    fine.merge_from(coarse)
+    assert fine.extents() == [(0, 65536)]
+
+
+def test_whole_blocks_load_without_decoding_each_bit():
+    bitmap = DirtyBitmap("b", 1 << 40, 65536)        # 1 TiB: 16M granules
+    data = bytearray(2 << 20)
+    data[:4096] = b"\xff" * 4096
+    data[-1] = 0x80
+    bitmap.load_bytes(bytes(data), 0)
+    assert bitmap.extents() == [(0, 4096 * 8 * 65536), ((1 << 40) - 65536, 65536)]
+
+
+def test_node_list_is_newest_first_with_qemu_texts():
+    node = NodeBitmaps()
+    node.create("a", SIZE, GRAN)
+    node.create("b", SIZE, GRAN, enabled=False)
+    assert [b.name for b in node] == ["b", "a"]
+    with pytest.raises(BitmapError) as err:
+        node.create("a", SIZE, GRAN)
+    assert err.value.desc == "Bitmap already exists: a"
+    with pytest.raises(BitmapError) as err:
+        node.create("x" * 1024, SIZE, GRAN)
+    assert err.value.desc == "Bitmap name too long: " + "x" * 1024
+    with pytest.raises(BitmapError) as err:
+        node.get("nosuch")
+    assert err.value.desc == "Dirty bitmap 'nosuch' not found"
+    node.mark(0, 1)
+    assert (node.get("a").count(), node.get("b").count()) == (GRAN, 0)
+
+
+@pytest.mark.parametrize("state,refused,text", [
+    ("busy", BUSY, "Bitmap 'b' is currently in use by another operation and cannot be used"),
+    ("readonly", READONLY, "Bitmap 'b' is readonly and cannot be modified"),
+    ("inconsistent", INCONSISTENT, "Bitmap 'b' is inconsistent and cannot be used"),
+])
+def test_state_checks(state, refused, text):
+    bitmap = DirtyBitmap("b", SIZE, GRAN)
+    bitmap.check(CHECK_DEFAULT)
+    setattr(bitmap, state, True)
+    bitmap.check(CHECK_DEFAULT & ~refused)
+    with pytest.raises(BitmapError) as err:
+        bitmap.check(CHECK_DEFAULT)
+    assert err.value.desc == text

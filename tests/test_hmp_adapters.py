@@ -172,7 +172,11 @@ def test_info_alone_and_help_info_list_the_subcommands():
         "info block [-n] [-v] [device] -- show info of one block device or all block devices (-n: show named nodes; -v: show details)",
         "info block-jobs  -- show progress of ongoing block device operations",
         "info blockmap [device] -- show which image of the backing chain holds each part of the "
-        "disk: '#' data, '0' zero, '.' unallocated, '+' mixed (blockmon)",
+        "disk, shaded by how much of it (blockmon)",
+        "info dirty-bitmaps [device] -- show the dirty bitmaps of each node of one block device "
+        "or all block devices (blockmon)",
+        "info blockstats  -- show block device statistics",
+        "info block-exports  -- show the NBD server, its exports and their clients (blockmon)",
     ]
 
 
@@ -261,13 +265,17 @@ def test_size_to_str(value, text):
 # -- info blockmap and its strip ---------------------------------------------------------
 @pytest.mark.parametrize("runs, size, width, strip", [
     ([], 64, 8, "........"),
-    ([["data", 0, 64]], 64, 8, "########"),
-    ([["data", 0, 8], ["zero", 8, 8], ["unallocated", 16, 48]], 64, 8, "#0......"),
-    ([["data", 0, 4], ["unallocated", 4, 60]], 64, 8, "+......."),
-    ([["zero", 60, 4]], 64, 8, ".......+"),
-    ([["data", 0, 8], ["zero", 8, 56]], 64, 8, "#0000000"),
-    ([["data", 3, 1]], 4, 64, "...#"),
+    ([["data", 0, 64]], 64, 8, "████████"),
+    ([["data", 0, 8], ["zero", 8, 8], ["unallocated", 16, 48]], 64, 8, "█0......"),
+    ([["data", 0, 4], ["unallocated", 4, 60]], 64, 8, "▇......."),
+    ([["zero", 60, 4]], 64, 8, ".......▇"),
+    ([["data", 0, 8], ["zero", 8, 56]], 64, 8, "█0000000"),
+    ([["data", 3, 1]], 4, 64, "...█"),
     ([], 0, 64, ""),
+    # the halving scale: 1/2, 1/4, ... 1/64 of a 1024-byte cell, then less
+    ([["data", 1024 * i, 1024 >> (i + 1)] for i in range(8)], 8192, 8, "▇▆▅▄▃▂▁▁"),
+    ([["data", 0, 1], ["zero", 1, 3]], 4, 1, "█"),       # all held, zeros included
+    ([["data", 0, 1], ["zero", 1, 1]], 4, 1, "▇"),       # half held
 ])
 def test_allocation_strip(runs, size, width, strip):
     assert allocation_strip(runs, size, width) == strip
@@ -282,14 +290,14 @@ def test_info_blockmap():
     ]
     assert format_blockmap("virtio0", layers, width=8) == (
         "virtio0: [A] <- [D]\n"
-        "  D |#.......| /c/D.qcow2\n"
-        "  A |0000####| /c/A.qcow2\n")
+        "  D |█.......| /c/D.qcow2\n"
+        "  A |0000████| /c/A.qcow2\n")
     core = FakeCore(query_block=QUERY_BLOCK_D)
     core.responses["x-blockmon-block-map"] = layers
     result, core = run("info blockmap", core)
     assert core.calls == [("query-block", {}), ("x-blockmon-block-map", {"device": "virtio0"})]
-    assert result.output.startswith("virtio0: [A] <- [D]\n  D |#")
-    assert result.output.endswith("'+' mixed\n")
+    assert result.output.startswith("virtio0: [A] <- [D]\n  D |█")
+    assert result.output.endswith("'0' zero clusters only  '.' none (read from below)\n")
 
 
 # -- console-bound commands ------------------------------------------------------------------

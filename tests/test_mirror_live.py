@@ -106,6 +106,7 @@ top, target, moment = sys.argv[1], sys.argv[2], sys.argv[3]
 core = BlockCore()
 core.add_drive("virtio0", top)
 device = core.devices.device("virtio0")
+backend = core.backend("virtio0")
 core.execute("drive-mirror", {"device": "virtio0", "target": target, "sync": "full",
                               "speed": 4 << 20 if moment == "running" else 0})
 def status():
@@ -122,7 +123,7 @@ while True:
     offset = (i * 7919 %% 240) * 65536
     with device.io_lock:
         path = device.top.path
-        device.guest_image().write(offset, bytes([i %% 251 + 1]) * 65536)
+        backend.write(offset, bytes([i %% 251 + 1]) * 65536)
     print("wrote %%d %%d %%s" %% (i, offset, path), flush=True)
 """
 
@@ -182,15 +183,14 @@ def test_a_guest_writing_all_the_time_loses_nothing(tmp_path_factory):
         top = small_chain(tmp, size_mib=64)
         model_path, model = model_of(tmp, top)
         s = Session(top)
-        device = s.core.devices.device("virtio0")
+        backend = s.core.backend("virtio0")
         rng, stop, count = random.Random(copy_mode), threading.Event(), [0]
 
         def guest():
             while not stop.is_set():
                 offset = rng.randrange(0, 64 * MiB - 65536, 512)
                 data = bytes([rng.randrange(1, 256)]) * rng.choice([512, 4096, 65536])
-                with device.io_lock:
-                    device.guest_image().write(offset, data)
+                backend.write(offset, data)
                 model[offset:offset + len(data)] = data
                 count[0] += 1
                 if copy_mode == "background":

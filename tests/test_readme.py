@@ -41,8 +41,8 @@ def usage_options():
 
 
 def test_usage_lists_the_options_we_expect():
-    assert usage_options() == ["--demo", "--help", "--version", "--walkthrough", "-c", "-drive",
-                               "-monitor", "-q", "-qmp"]
+    assert usage_options() == ["--demo", "--export", "--help", "--nbd-server", "--version",
+                               "--walkthrough", "-c", "-drive", "-monitor", "-q", "-qmp"]
 
 
 @pytest.mark.parametrize("option", usage_options())

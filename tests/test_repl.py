@@ -39,7 +39,7 @@ def complete(core, text):
     ("block_job_", ["block_job_set_speed", "block_job_cancel", "block_job_complete",
                     "block_job_pause", "block_job_resume", "block_job_wait"]),
     ("q", ["quit", "q", "qemu-io"]),
-    ("info bl", ["block", "block-jobs", "blockmap"]),
+    ("info bl", ["block", "block-exports", "block-jobs", "blockmap", "blockstats"]),
     ("help snap", ["snapshot_blkdev"]),
     ("block_stream v", ["virtio0"]),
     ("block_stream ", ["A", "B", "C", "D", "disk0", "ide0-hd0", "virtio0"]),

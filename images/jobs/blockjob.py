@@ -51,6 +51,7 @@ class BlockJob(Job):
             raise JobError("Parameter 'on-error' does not accept value '%s'" % (on_error,))
         super().__init__(job_id, events, **job_options)
         self.speed = speed          # validated when the job is created (see create)
+        self.copied = 0             # bytes really copied (offset counts skipped ranges too)
         self.on_error = on_error
         self.io_status = "ok"
         self._limiter = RateLimiter(0, clock=clock)
@@ -148,9 +149,10 @@ class BlockJob(Job):
             self.busy = True
 
     def account_copied(self, nbytes):
-        """Charge copied bytes to the rate limiter (skipped ranges are free)."""
+        """Charge copied bytes to the rate limiter (skipped ranges are free) and count them."""
         with self._lock:
             self._limiter.account(nbytes)
+            self.copied += nbytes
 
     def error_action(self, exc) -> str:
         """block_job_error_action: publish BLOCK_JOB_ERROR and apply the on-error policy.

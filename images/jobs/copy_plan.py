@@ -19,7 +19,7 @@ import ctypes.util
 from typing import List, Optional, Tuple
 
 from ..chain import extents_above
-from ..driver import DATA, UNALLOCATED, Piece, Run
+from ..driver import DATA, UNALLOCATED, ZERO, Piece, Run
 
 SYNC_FILE_RANGE_WRITE = 2
 SCAN_BUDGET = 0.002          # seconds one planning pass may hold the top's lock
@@ -43,10 +43,19 @@ def work_extents(top, base, offset: int, length: int) -> List[Run]:
     layer decides (DATA or ZERO): what a stream of [offset, offset+length) must copy.
     Depths count from ``top.backing``.  Caller holds ``top.lock``."""
     work = []
+    backing_end = top.backing.virtual_size
     for run in top.block_status(offset, length):
-        if run.kind == UNALLOCATED:
-            work.extend(e for e in extents_above(top.backing, base, run.offset, run.length)
+        if run.kind != UNALLOCATED:
+            continue
+        split = max(run.offset, min(run.end, backing_end))
+        if split > run.offset:
+            work.extend(e for e in extents_above(top.backing, base, run.offset, split - run.offset)
                         if e.kind != UNALLOCATED)
+        # Past the end of a shorter backing image the top reads zeros (QEMU's rule).
+        # Only a longer new backing file could show other bytes there: write zeros then.
+        zero_end = min(run.end, base.virtual_size) if base is not None else split
+        if zero_end > split:
+            work.append(Run(ZERO, split, zero_end - split))
     return work
 
 

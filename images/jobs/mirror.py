@@ -48,7 +48,7 @@ def _no_drain(section):
 def initial_dirty(bitmap, source, sync, whole_disk=False):
     """Mark what ``sync`` must copy (caller holds ``source.lock``)."""
     if whole_disk:
-        bitmap.set(0, source.virtual_size)
+        bitmap.set_dirty(0, source.virtual_size)
         return
     if sync == "none" or not source.virtual_size:
         return
@@ -58,7 +58,7 @@ def initial_dirty(bitmap, source, sync, whole_disk=False):
         runs = source.block_status(0, source.virtual_size)
     for run in runs:
         if run.kind != UNALLOCATED:
-            bitmap.set(run.offset, run.length)
+            bitmap.set_dirty(run.offset, run.length)
 
 
 class MirrorJob(BlockJob):
@@ -83,7 +83,7 @@ class MirrorJob(BlockJob):
         self.on_target_error = on_target_error
         self.batch = max(min(buf_size, MIRROR_BATCH), granularity)
         self.chunk = max(MIRROR_CHUNK, granularity)
-        self.bitmap = DirtyBitmap(source.virtual_size, granularity)
+        self.bitmap = DirtyBitmap(None, source.virtual_size, granularity)
         # QEMU accepts the command and fails the job at once (len 0, offset 0).
         self.size_mismatch = target.virtual_size != source.virtual_size
         if not self.size_mismatch:
@@ -111,7 +111,7 @@ class MirrorJob(BlockJob):
         if self.copy_mode == "write-blocking" and kind != "discard" and self._write_through(
                 kind, offset, length, data):
             return
-        self.bitmap.set(offset, length)
+        self.bitmap.set_dirty(offset, length)
         with self._lock:
             self.len = self.offset + self.bitmap.count()
             self._wake.notify_all()
@@ -170,10 +170,10 @@ class MirrorJob(BlockJob):
         write-blocking mode, is written to the target after this copy)."""
         step = self.chunk if self.speed else self.batch
         with self.source.lock:
-            runs = self.bitmap.take(self._cursor, step)
+            runs = self._take(self._cursor, step)
             if not runs and self._cursor:
                 self._cursor = 0
-                runs = self.bitmap.take(0, step)
+                runs = self._take(0, step)
             if not runs:
                 return False
             self._cursor = runs[-1][0] + runs[-1][1]
@@ -194,17 +194,33 @@ class MirrorJob(BlockJob):
         self.account_copied(copied + done)
         return True
 
+    def _take(self, offset, limit):
+        """Reset and return up to ``limit`` bytes of dirty ranges from ``offset`` on
+        (whole granules, at least one); looks ahead a window first, then to the end."""
+        granule = self.bitmap.granularity
+        extents = self.bitmap.extents(offset, 64 * limit) or self.bitmap.extents(offset)
+        taken, budget = [], max(limit, granule)
+        for start, length in extents:
+            if length > budget:
+                length = max(budget // granule * granule, granule)
+            taken.append((start, length))
+            self.bitmap.reset(start, length)
+            budget -= length
+            if budget <= 0:
+                break
+        return taken
+
     def _copy_failed(self, err, runs) -> bool:
         """The on-source-error / on-target-error policy for a failed copy."""
         for offset, length in runs:
-            self.bitmap.set(offset, length)
+            self.bitmap.set_dirty(offset, length)
         self.on_error = self.on_target_error if err.operation == "write" else self.on_source_error
         action = self.error_action(err)
         if action == "report":
             raise err
         if action == "ignore":      # drop the range (QEMU retries it forever)
             for offset, length in runs:
-                self.bitmap.clear(offset, length)
+                self.bitmap.reset(offset, length)
         return True
 
     def _copy_small(self, runs):
@@ -235,7 +251,7 @@ class MirrorJob(BlockJob):
         with self.target.lock:
             for offset, length, pieces in batches:
                 if not self._target_unallocated(offset, length):
-                    self.bitmap.set(offset, length)
+                    self.bitmap.set_dirty(offset, length)
                     continue
                 host, done = self.target.copy_batch(pieces)
                 written.append((self.target.data_fd(), host, done))

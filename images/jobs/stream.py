@@ -61,6 +61,7 @@ class StreamJob(BlockJob):
         self.new_backing_format = base.format_name if base is not None else None
         self._on_finished = on_finished
         self._was_read_only = top.read_only
+        self._attempted = (0, 0)    # the range the current step works on
         # QEMU: streaming onto the direct backing file (or without one) copies
         # nothing and reports len 0; otherwise len is known before block-stream
         # returns, so 'info block-jobs' typed at once never shows "of 0 bytes".
@@ -77,28 +78,44 @@ class StreamJob(BlockJob):
         if self._was_read_only:
             top.set_read_only(False)
         length = self.len
-        offset, window = 0, self.batch_size
+        offset, window, narrow_end = 0, self.batch_size, 0
         while offset < length:
             if not self.checkpoint():
                 return
-            # Small steps keep a rate limit accurate; big ones amortise the planning.
-            step = self.chunk_size if self.speed else self.batch_size
-            window = max(window, step)
+            # Small steps keep a rate limit accurate and pin a failure down to QEMU's
+            # chunk; big ones amortise the planning.
+            narrow = offset < narrow_end
+            step = self.chunk_size if self.speed or narrow else self.batch_size
+            window = step if narrow else max(window, step)
             started = time.monotonic()
             try:
                 advance, copied = self._stream_chunk(offset, min(window, length - offset), step)
-            except ImageIOError as err:
-                action = self.error_action(err)
-                if action == "retry":
+            except ImageIOError as err:   # corrupt metadata too: EIO, as in QEMU
+                start, end = self._attempted
+                if end - start > self.chunk_size:
+                    narrow_end = end      # redo a failed batch in QEMU's chunks first
                     continue
-                if action != "ignore":
-                    raise
-                advance, copied = min(step, length - offset), 0
+                advance = self._apply_policy(err, offset, end)
+                if advance is None:
+                    continue
+                copied = 0
             window = next_window(window, step, advance, time.monotonic() - started)
             self.account_copied(copied)
             self.progress(advance)
             offset += advance
         self._early_flush()
+
+    def _apply_policy(self, err, offset, end):
+        """on-error for the chunk [.., end) that failed: None to retry it (stop, then
+        resumed), the bytes to skip (ignore), or the error raised again (report)."""
+        action = self.error_action(err)
+        if action == "retry":
+            return None
+        if action != "ignore":
+            raise err
+        # Skip the chunk; it is never empty, so the job moves on where QEMU 7.2's
+        # stream_run loops on the same offset for ever.
+        return end - offset
 
     def _stream_chunk(self, offset, window, step):
         """Find the first range in [offset, offset+window) that needs copying and copy
@@ -112,11 +129,13 @@ class StreamJob(BlockJob):
         top = self.top
         written = (0, 0)
         with top.lock:
-            extents = work_extents(top, self.base, offset, window)
+            self._attempted = (offset, offset + min(window, step))
+            extents = self._plan(offset, window, step)
             if not extents:
                 return window, 0
             start = max(offset, extents[0].offset // top.cluster_size * top.cluster_size)
             end = min(offset + window, start + step)
+            self._attempted = (start, end)
             extents = clipped(extents, start, end)
             layers = chain_of(top)
             rest, copied = extents, 0
@@ -129,6 +148,17 @@ class StreamJob(BlockJob):
             fd = top.data_fd() if written[1] else -1
         self._writeback.start(fd, *written)   # outside the lock: guest I/O goes on
         return end - offset, copied
+
+    def _plan(self, offset, window, step):
+        """work_extents over the window; when the look-ahead past this step meets metadata
+        that cannot be read, plan this step alone, so that the error (if it is in this
+        step) is reported for the range the job is really copying now."""
+        try:
+            return work_extents(self.top, self.base, offset, window)
+        except ImageIOError:
+            if window <= step:
+                raise
+        return work_extents(self.top, self.base, offset, step)
 
     def _early_flush(self):
         """fsync the top without its lock, so that the locked flush in prepare (which

@@ -1,6 +1,7 @@
 """The qcow2 format: header and extensions (``format``), L1/L2 tables (``tables``),
 refcounts (``refcount``), the write paths (``writer``, ``batch``), metadata-overlap
-checks (``overlap``) and the image class that ties them to one file (``image``).
+checks (``overlap``), persistent dirty bitmaps (``bitmap_format``, ``bitmaps``) and the
+image class that ties them to one file (``image``).
 
 Nothing here imports ``images.jobs``: the format knows no job.  ``Qcow2Image`` and
 ``create_qcow2`` are loaded on first use, so that probing a file for the magic

@@ -9,7 +9,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
-from ..errors import ImageError
+from ..errors import ImageCorruptError, ImageError
 
 QCOW2_MAGIC = b"QFI\xfb"
 
@@ -52,6 +52,9 @@ QCOW2_INCOMPAT_COMPRESSION = 1 << 3
 QCOW2_INCOMPAT_EXTL2 = 1 << 4
 QCOW2_INCOMPAT_MASK = 0x1F
 QCOW2_COMPAT_LAZY_REFCOUNTS = 1 << 0
+BACKING_FORMAT_BUFFER = 16              # sizeof(bs->backing_format)
+QCOW_SNAPSHOT_HEADER_SIZE = 40          # sizeof(QCowSnapshotHeader)
+INT64_MAX = (1 << 63) - 1
 QCOW2_COMPRESSION_TYPE_ZLIB = 0
 QCOW2_COMPRESSION_TYPE_ZSTD = 1
 
@@ -96,6 +99,16 @@ def image_error(path: str, text: str, value=None) -> ImageError:
     return ImageError("Image %s: %s" % (path, text), path=path, value=value)
 
 
+def qemu_refusal(path: str, text: str, value=None) -> ImageError:
+    """A refusal QEMU 7.2's qcow2_do_open has, in its words: 'Could not open PATH: TEXT'."""
+    return ImageError("Could not open '%s': %s" % (path, text), path=path, value=value)
+
+
+def corruption(path: str, text: str, value=None) -> ImageCorruptError:
+    """Metadata met while reading that cannot be right: the request fails with EIO."""
+    return ImageCorruptError("Image %s: %s" % (path, text), path=path, value=value)
+
+
 @dataclass
 class Qcow2Header:
     """The parsed header, its extensions (kept in order, unknown ones byte for byte)
@@ -123,7 +136,7 @@ class Qcow2Header:
     def backing_format(self) -> Optional[str]:
         for ext_type, data in self.extensions:
             if ext_type == QCOW2_EXT_MAGIC_BACKING_FORMAT:
-                return data.decode("utf-8", "replace")
+                return _c_string(data).decode("utf-8", "replace")
         return None
 
     def with_backing(self, name: Optional[str], fmt: Optional[str]) -> "Qcow2Header":
@@ -197,8 +210,6 @@ def _check_features(f: dict, path: str) -> None:
     if bool(ctype) != bool(incompat & QCOW2_INCOMPAT_COMPRESSION):
         raise image_error(path, "compression type %d disagrees with the incompatible "
                           "feature bits %#x" % (ctype, incompat), ctype)
-    if f["nb_snapshots"] > QCOW_MAX_SNAPSHOTS:
-        raise image_error(path, "too many snapshots (%d)" % f["nb_snapshots"], f["nb_snapshots"])
 
 
 def _check_table(path: str, what: str, offset: int, nbytes: int, csize: int,
@@ -231,24 +242,41 @@ def _check_tables(f: dict, path: str, file_size: int) -> None:
         raise image_error(path, "refcount table of %d clusters out of range"
                           % f["refcount_table_clusters"], f["refcount_table_clusters"])
     _check_table(path, "refcount table", f["refcount_table_offset"], rt_bytes, csize, file_size)
+    _validate_table(path, "Snapshot table", f["snapshots_offset"], f["nb_snapshots"],
+                    QCOW_SNAPSHOT_HEADER_SIZE, QCOW_MAX_SNAPSHOTS, csize)
     if f["nb_snapshots"]:
         _check_table(path, "snapshot table", f["snapshots_offset"], 1, csize, file_size)
 
 
+def _validate_table(path, name, offset, entries, entry_len, max_entries, csize):
+    """qcow2_validate_table: QEMU checks a table's offset even when it has no entries."""
+    if entries > max_entries:
+        raise qemu_refusal(path, "%s too large" % name, entries)
+    if INT64_MAX - entries * entry_len < offset or offset % csize:
+        raise qemu_refusal(path, "%s offset invalid" % name, offset)
+
+
 def _parse_extensions(buf: bytes, f: dict, path: str) -> List[Tuple[int, bytes]]:
-    pos = f["header_length"]
-    end = f["backing_file_offset"] or len(buf)
-    end = min(end, len(buf))
+    """qcow2_read_extensions: from the header's end to the backing name (or the end of
+    the cluster); bytes past the end of the file read as zeros, i.e. as the end marker."""
+    csize = 1 << f["cluster_bits"]
+    if f["backing_file_offset"] > csize:
+        raise qemu_refusal(path, "Invalid backing file offset", f["backing_file_offset"])
+    pos, end = f["header_length"], f["backing_file_offset"] or csize
     exts = []
-    while pos + EXT_HEADER.size <= end:
+    while pos < end:
+        if pos + EXT_HEADER.size > len(buf):
+            break
         ext_type, length = EXT_HEADER.unpack_from(buf, pos)
         pos += EXT_HEADER.size
+        if pos > end or length > end - pos:
+            raise qemu_refusal(path, "Header extension too large", length)
         if ext_type == QCOW2_EXT_MAGIC_END:
             return exts
-        if length > end - pos:
-            raise image_error(path, "header extension %#x of %d bytes runs past the header "
-                              "area" % (ext_type, length), length)
-        exts.append((ext_type, bytes(buf[pos:pos + length])))
+        if ext_type == QCOW2_EXT_MAGIC_BACKING_FORMAT and length >= BACKING_FORMAT_BUFFER:
+            raise qemu_refusal(path, "ERROR: ext_backing_format: len=%d too large (>=%d)"
+                               % (length, BACKING_FORMAT_BUFFER), length)
+        exts.append((ext_type, bytes(buf[pos:pos + length]).ljust(length, b"\0")))
         pos += (length + 7) & ~7
     return exts     # like QEMU, the area may end without an end marker
 
@@ -263,7 +291,12 @@ def _parse_backing_name(buf: bytes, f: dict, path: str) -> Optional[str]:
     if offset + size > len(buf):
         raise image_error(path, "backing file name at %#x (%d bytes) lies outside the "
                           "header cluster" % (offset, size), offset)
-    return bytes(buf[offset:offset + size]).decode("utf-8", "surrogateescape")
+    # QEMU keeps the name as a C string: it ends at the first NUL of the stored bytes.
+    return _c_string(buf[offset:offset + size]).decode("utf-8", "surrogateescape")
+
+
+def _c_string(data) -> bytes:
+    return bytes(data).split(b"\0", 1)[0]
 
 
 def _check_extensions(header: Qcow2Header, path: str) -> None:

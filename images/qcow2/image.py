@@ -15,9 +15,10 @@ from ..errors import ImageError
 from .format import (HEADER_STRUCT, MAX_BACKING_NAME, MAX_CLUSTER_BITS,
                            MAX_HEADER_AREA_WRITE, MIN_CLUSTER_BITS, QCOW2_COMPAT_LAZY_REFCOUNTS,
                            QCOW2_COMPRESSION_TYPE_ZSTD, QCOW2_EXT_MAGIC_FEATURE_TABLE, QCOW2_INCOMPAT_CORRUPT,
-                           QCOW2_INCOMPAT_DIRTY, compressed_extent,
+                           QCOW2_INCOMPAT_DIRTY, compressed_extent, corruption,
                            MAX_VIRTUAL_SIZE, Qcow2Header, feature_table, image_error, new_header,
                            pack_header_area, parse_header)
+from .bitmaps import Qcow2Bitmaps
 from .overlap import MetadataIndex
 from .refcount import RefcountManager
 from .tables import COMPRESSED, AddressMap, HostFile, merged
@@ -27,7 +28,7 @@ from .writer import Qcow2Writer
 READ_CHUNK = 1 << 22     # bound on one backing read while filling a request
 
 
-class Qcow2Image(Qcow2Writer, BatchWriter, BlockImage):
+class Qcow2Image(Qcow2Bitmaps, Qcow2Writer, BatchWriter, BlockImage):
     """One qcow2 file (version 2 or 3) of a backing chain."""
 
     format_name = "qcow2"
@@ -78,6 +79,7 @@ class Qcow2Image(Qcow2Writer, BatchWriter, BlockImage):
             self.io, self.path, header.cluster_bits, header.refcount_order,
             header.refcount_table_offset, header.refcount_table_clusters, file_size, reserved)
         self.overlap = MetadataIndex(self.path, self.map, self.refcounts)
+        self._load_bitmaps()
 
     def _check_can_write(self) -> None:
         h = self.header
@@ -141,10 +143,10 @@ class Qcow2Image(Qcow2Writer, BatchWriter, BlockImage):
             else:
                 data = zlib.decompressobj(-12).decompress(raw, self.cluster_size)
         except Exception as err:    # zlib.error, zstandard.ZstdError: corrupt input
-            raise image_error(self.path, "compressed cluster at %#x is corrupt (%s)"
+            raise corruption(self.path, "compressed cluster at %#x is corrupt (%s)"
                               % (coffset, err), coffset) from err
         if len(data) < self.cluster_size:
-            raise image_error(self.path, "compressed cluster at %#x decompresses to %d bytes"
+            raise corruption(self.path, "compressed cluster at %#x decompresses to %d bytes"
                               % (coffset, len(data)), coffset)
         data = data[:self.cluster_size]
         self._last_compressed = (entry, data)
@@ -171,8 +173,11 @@ class Qcow2Image(Qcow2Writer, BatchWriter, BlockImage):
     def close(self) -> None:
         with self.lock:
             if self.io is not None:
-                self.io.close()
-                self.io = None
+                try:
+                    self._store_bitmaps()
+                finally:
+                    self.io.close()
+                    self.io = None
 
     def set_read_only(self, read_only: bool) -> None:
         with self.lock:
@@ -182,10 +187,13 @@ class Qcow2Image(Qcow2Writer, BatchWriter, BlockImage):
                 self._check_can_write()
             io = HostFile(self.path, writable=not read_only)
             if read_only:
+                self._bitmaps_going_read_only()
                 self.io.fsync()
             self.io.close()
             self.io = self.map.io = self.refcounts.io = io
             self.read_only = read_only
+            if not read_only:
+                self._bitmaps_now_writable()
 
     def set_backing_reference(self, name: Optional[str], fmt: Optional[str]) -> None:
         with self.lock:
@@ -194,25 +202,10 @@ class Qcow2Image(Qcow2Writer, BatchWriter, BlockImage):
             if name_len > MAX_BACKING_NAME:
                 raise image_error(self.path, "backing file name of %d bytes exceeds %d"
                                   % (name_len, MAX_BACKING_NAME), name)
-            # Growth moved the refcount table since open: the rewrite must say where.
-            self.header.fields.update(refcount_table_offset=self.refcounts.table_offset,
-                                      refcount_table_clusters=self.refcounts.table_clusters)
-            new = self.header.with_backing(name, fmt if name is not None else None)
-            area = pack_header_area(new)
-            limit = min(MAX_HEADER_AREA_WRITE, self.cluster_size)
-            if len(area) > limit:     # the feature table is informational (QEMU omits it too)
-                new.extensions = [(t, d) for t, d in new.extensions
-                                  if t != QCOW2_EXT_MAGIC_FEATURE_TABLE]
-                area = pack_header_area(new)
-            if len(area) > limit:
-                raise image_error(self.path, "header with backing file %r needs %d bytes, more "
-                                  "than the %d that can be written at once"
-                                  % (name, len(area), limit), len(area))
-            old_len = len(pack_header_area(self.header))
-            self.io.pwrite(area.ljust(min(limit, max(old_len, len(area))), b"\0"), 0)
-            self.header = new
+            self._rewrite_header(self.header.with_backing(name, fmt if name is not None else None),
+                                 "header with backing file %r" % name)
             self.backing_name = name
-            self.backing_format = new.backing_format
+            self.backing_format = self.header.backing_format
 
     def info(self) -> dict:
         with self.lock:
@@ -229,6 +222,7 @@ class Qcow2Image(Qcow2Writer, BatchWriter, BlockImage):
                     "compat": "1.1" if h.version == 3 else "0.10",
                     "compression-type": "zstd" if h.compression_type else "zlib",
                     "lazy-refcounts": bool(h.compatible_features & QCOW2_COMPAT_LAZY_REFCOUNTS),
+                    **({"bitmaps": self.stored_bitmaps_info()} if self._bitmap_entries else {}),
                     "refcount-bits": h.refcount_bits,
                     "corrupt": bool(h.incompatible_features & QCOW2_INCOMPAT_CORRUPT),
                     "extended-l2": False,

@@ -14,7 +14,7 @@ from collections import OrderedDict
 from ..driver import DATA, UNALLOCATED, ZERO
 from ..errors import ImageIOError
 from .format import (L1E_OFFSET_MASK, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED,
-                           QCOW_OFLAG_ZERO, image_error)
+                     QCOW_OFLAG_ZERO, corruption)
 from .refcount import be_array
 
 COMPRESSED = "compressed"
@@ -64,7 +64,7 @@ class HostFile:
 
     def _check_offset(self, offset: int) -> None:
         if not 0 <= offset < MAX_HOST_OFFSET:
-            raise image_error(self.path, "host offset %#x out of range" % offset, offset)
+            raise corruption(self.path, "host offset %#x out of range" % offset, offset)
 
     def size(self) -> int:
         return os.fstat(self.fd).st_size
@@ -102,8 +102,8 @@ class AddressMap:
     def l2_offset(self, l1_index: int) -> int:
         offset = self.l1[l1_index] & L1E_OFFSET_MASK
         if offset % self.cluster_size:
-            raise image_error(self.path, "L2 table offset %#x not aligned (L1 index %d)"
-                              % (offset, l1_index), offset)
+            raise corruption(self.path, "L2 table offset %#x not aligned (L1 index %d)"
+                             % (offset, l1_index), offset)
         return offset
 
     def l2_table(self, offset: int) -> bytearray:
@@ -195,7 +195,7 @@ class AddressMap:
         elif key:
             kind, host = DATA, key
             if host & (csize - 1):
-                raise image_error(self.path, "data cluster offset %#x not aligned" % host, host)
+                raise corruption(self.path, "data cluster offset %#x not aligned" % host, host)
         else:
             kind = UNALLOCATED
         j, want, stride = i + 1, key, csize if kind == DATA else 0

@@ -9,6 +9,7 @@ refcount is decremented.  A write is planned whole before any byte goes out: the
 plan runs the metadata-overlap checks (overlap) on every in-place host run and
 every L2 table reached through L1, so a refused write leaves the file unchanged.
 """
+from .bitmap_format import QCOW2_AUTOCLEAR_BITMAPS
 from .format import (AUTOCLEAR_FEATURES_OFFSET, L2E_OFFSET_MASK, QCOW_OFLAG_COMPRESSED,
                            QCOW_OFLAG_COPIED, QCOW_OFLAG_ZERO, compressed_extent, image_error)
 
@@ -24,10 +25,12 @@ class Qcow2Writer:
         if self.read_only:
             raise image_error(self.path, "image is opened read-only", None)
         self.overlap.refresh()
-        if self.header.autoclear_features:
-            # Spec: a writer that does not understand autoclear bits must clear them.
-            self.io.pwrite(bytes(8), AUTOCLEAR_FEATURES_OFFSET)
-            self.header.fields["autoclear_features"] = 0
+        known = self.header.autoclear_features & QCOW2_AUTOCLEAR_BITMAPS
+        if self.header.autoclear_features != known:
+            # Spec: a writer that does not understand autoclear bits must clear them
+            # (bit 0, the bitmaps extension, is understood: qcow2.bitmaps keeps it).
+            self.io.pwrite(known.to_bytes(8, "big"), AUTOCLEAR_FEATURES_OFFSET)
+            self.header.fields["autoclear_features"] = known
 
     def _has_backing(self) -> bool:
         return self.backing is not None or self.backing_name is not None

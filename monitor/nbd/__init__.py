@@ -1,0 +1,1 @@
+"""blockmon's NBD server: the wire format, negotiation, transmission, and the listener."""

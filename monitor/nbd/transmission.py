@@ -1,0 +1,333 @@
+"""NBD transmission phase, server side: one connection's requests (proto.md "Transmission").
+
+``Connection`` owns one client socket.  Its reader thread reads whole requests (the
+28-byte header, and a WRITE's payload) and checks the budget.  READ, WRITE and
+BLOCK_STATUS it answers itself, holding the replies back while more requests are
+already buffered and sending them in one ``sendmsg``; FLUSH, TRIM and WRITE_ZEROES,
+which may take long, go to the server's worker pool, whose replies go out under the
+connection's send lock as they finish, so replies are out of order.  All block I/O
+goes through the export's ``BlockBackend``.  Memory is bounded: at most
+``MAX_IN_FLIGHT`` requests and ``MAX_IN_FLIGHT_BYTES`` of payload per connection
+(the reader stops reading, and the socket pushes back).
+
+A bad magic, a WRITE longer than 32 MiB (its payload is not read) or a broken frame
+ends this connection only; any other bad request gets the spec's error reply.
+"""
+import errno
+import socket
+import threading
+
+from commands.block_backend import allocation_depth, reads_as_zero
+from images.errors import BlockError, ImageIOError
+
+from . import protocol as p
+
+MAX_IN_FLIGHT = 16
+MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
+MAX_EXTENTS = 128 * 1024            # per BLOCK_STATUS chunk (QEMU sends at most 1 MiB of them)
+READ_BUFFER = 256 * 1024
+SMALL_READ = 64 * 1024              # reads up to this size go out as one data chunk
+REPLY_BATCH_BYTES = 1024 * 1024     # inline replies held back at most this much
+IOV_BATCH = 512                    # below IOV_MAX (1024)
+
+_ALLOWED_FLAGS = {
+    p.NBD_CMD_READ: p.NBD_CMD_FLAG_DF,
+    p.NBD_CMD_WRITE: p.NBD_CMD_FLAG_FUA,
+    p.NBD_CMD_FLUSH: 0,
+    p.NBD_CMD_TRIM: p.NBD_CMD_FLAG_FUA,
+    p.NBD_CMD_CACHE: 0,
+    p.NBD_CMD_WRITE_ZEROES: (p.NBD_CMD_FLAG_FUA | p.NBD_CMD_FLAG_NO_HOLE
+                             | p.NBD_CMD_FLAG_FAST_ZERO),
+    p.NBD_CMD_BLOCK_STATUS: p.NBD_CMD_FLAG_REQ_ONE,
+}
+# Answered by the reader itself (a hop to a worker costs more than it buys, measured:
+# the device's I/O lock serialises them anyway); FLUSH, TRIM and WRITE_ZEROES, which
+# may take long, go to the workers so the reader goes on meanwhile.
+_INLINE = (p.NBD_CMD_READ, p.NBD_CMD_BLOCK_STATUS, p.NBD_CMD_WRITE)
+_WRITES = (p.NBD_CMD_WRITE, p.NBD_CMD_TRIM, p.NBD_CMD_WRITE_ZEROES)
+_ERRNO_TO_NBD = {errno.EPERM: p.NBD_EPERM, errno.EROFS: p.NBD_EPERM, errno.EIO: p.NBD_EIO,
+                 errno.ENOMEM: p.NBD_ENOMEM, errno.EINVAL: p.NBD_EINVAL,
+                 errno.ENOSPC: p.NBD_ENOSPC, errno.EFBIG: p.NBD_ENOSPC,
+                 errno.EOVERFLOW: p.NBD_EOVERFLOW, errno.ENOTSUP: p.NBD_ENOTSUP}
+
+
+class RequestRefused(Exception):
+    def __init__(self, error: int, message: str):
+        super().__init__(message)
+        self.error = error
+        self.message = message
+
+
+class Wire:
+    """A connected socket read through our own buffer (so the reader knows whether more
+    requests are already here) and written under a lock."""
+
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self.send_lock = threading.Lock()
+        self._buffer = bytearray(READ_BUFFER)
+        self._view = memoryview(self._buffer)
+        self._start = self._end = 0
+
+    def buffered(self) -> int:
+        return self._end - self._start
+
+    def _fill(self, need: int) -> None:
+        if self._start == self._end:
+            self._start = self._end = 0
+        elif READ_BUFFER - self._start < need:      # move the tail to the front
+            self._buffer[:self._end - self._start] = self._buffer[self._start:self._end]
+            self._end -= self._start
+            self._start = 0
+        while self._end - self._start < need:
+            got = self.sock.recv_into(self._view[self._end:])
+            if not got:
+                raise EOFError("the client closed the connection")
+            self._end += got
+
+    def unpack(self, layout):
+        self._fill(layout.size)
+        values = layout.unpack_from(self._buffer, self._start)
+        self._start += layout.size
+        return values
+
+    def recv_exact(self, n: int) -> bytes:
+        data = bytearray(n)
+        self.recv_into(data)
+        return bytes(data)
+
+    def recv_into(self, buffer) -> None:
+        view = memoryview(buffer)
+        done = min(len(view), self.buffered())
+        view[:done] = self._view[self._start:self._start + done]
+        self._start += done
+        while done < len(view):
+            got = self.sock.recv_into(view[done:])
+            if not got:
+                raise EOFError("the client closed the connection")
+            done += got
+
+    def send(self, *parts) -> None:
+        """Headers and data in one sendmsg: no copy of the data into a joined buffer."""
+        with self.send_lock:
+            pending = [memoryview(part).cast("B") for part in parts if len(part)]
+            while pending:
+                sent = self.sock.sendmsg(pending[:IOV_BATCH])
+                while pending and sent >= len(pending[0]):
+                    sent -= len(pending[0])
+                    pending.pop(0)
+                if pending and sent:
+                    pending[0] = pending[0][sent:]
+
+
+class Replies:
+    """Replies of inline requests, held back while more requests are already buffered,
+    then sent together: one sendmsg (and one wake-up of the client) for a batch."""
+
+    def __init__(self, wire):
+        self.wire = wire
+        self.parts = []
+        self.size = 0
+
+    def __call__(self, *parts) -> None:
+        self.parts.extend(parts)
+        self.size += sum(len(part) for part in parts)
+        if self.size >= REPLY_BATCH_BYTES or len(self.parts) >= IOV_BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.parts:
+            parts, self.parts, self.size = self.parts, [], 0
+            self.wire.send(*parts)
+
+
+class Connection:
+    """One client in transmission: ``serve()`` runs in the connection's own thread."""
+
+    def __init__(self, wire: Wire, session, pool):
+        self.wire = wire
+        self.session = session
+        self.export = session.export
+        self.backend = session.export.backend
+        self.pool = pool
+        self._budget = threading.Condition()
+        self._requests = 0
+        self._bytes = 0
+        self.closed = False
+
+    # -- the reader ---------------------------------------------------------------
+    def serve(self) -> None:
+        replies = Replies(self.wire)
+        try:
+            while not self.closed:
+                if self.wire.buffered() < p.REQUEST.size:
+                    replies.flush()             # nothing else is waiting: answer now
+                if not self._dispatch(replies, *self.wire.unpack(p.REQUEST)):
+                    replies.flush()
+                    return
+        except (OSError, EOFError, ValueError):
+            return                              # the peer went away, or we closed the socket
+        finally:
+            self._wait_idle()
+
+    def _dispatch(self, replies, magic, flags, kind, cookie, offset, length) -> bool:
+        if magic != p.NBD_REQUEST_MAGIC:
+            return False                        # the spec: terminate, nothing to answer
+        if kind == p.NBD_CMD_DISC:
+            return False
+        payload = None
+        if kind == p.NBD_CMD_WRITE:
+            if length > p.NBD_MAX_BUFFER_SIZE:
+                # QEMU's answer: EINVAL, then disconnect (the payload is never read)
+                self._reply_error(replies, kind, cookie, p.NBD_EINVAL,
+                                  "len (%d) is larger than max len (%d)"
+                                  % (length, p.NBD_MAX_BUFFER_SIZE))
+                return False
+            self._reserve(length)
+            payload = bytearray(length)
+            self.wire.recv_into(payload)
+        else:
+            self._reserve(0)
+        if kind in _INLINE:
+            self._handle(replies, flags, kind, cookie, offset, length, payload)
+            return True
+        self.pool.submit(self._handle, self.wire.send, flags, kind, cookie, offset, length, payload)
+        return True
+
+    def _reserve(self, nbytes: int) -> None:
+        with self._budget:
+            while self._requests and (self._requests >= MAX_IN_FLIGHT
+                                      or self._bytes + nbytes > MAX_IN_FLIGHT_BYTES):
+                self._budget.wait()
+            self._requests += 1
+            self._bytes += nbytes
+
+    def _release(self, nbytes: int) -> None:
+        with self._budget:
+            self._requests -= 1
+            self._bytes -= nbytes
+            self._budget.notify_all()
+
+    def _wait_idle(self) -> None:
+        with self._budget:
+            while self._requests:
+                self._budget.wait()
+
+    def close(self) -> None:
+        """Drop the client: its reader sees EOF, replies under way fail quietly."""
+        self.closed = True
+        try:
+            self.wire.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+    # -- the workers ----------------------------------------------------------------
+    def _handle(self, send, flags, kind, cookie, offset, length, payload) -> None:
+        """One request; ``send(*parts)`` sends (or, inline, batches) its reply."""
+        reserved = len(payload) if payload is not None else 0
+        try:
+            self._check(flags, kind, offset, length)
+            self._perform(send, flags, kind, cookie, offset, length, payload)
+        except RequestRefused as err:
+            self._reply_error(send, kind, cookie, err.error, err.message)
+        except ImageIOError as err:
+            self._reply_error(send, kind, cookie, _ERRNO_TO_NBD.get(err.errno, p.NBD_EIO),
+                              err.desc)
+        except BlockError as err:
+            self._reply_error(send, kind, cookie, p.NBD_EIO, err.desc)
+        except OSError:
+            self.close()                        # the reply could not be sent
+        finally:
+            self._release(reserved)
+
+    def _check(self, flags, kind, offset, length) -> None:
+        allowed = _ALLOWED_FLAGS.get(kind)
+        if allowed is None:
+            raise RequestRefused(p.NBD_EINVAL, "unsupported command %d" % kind)
+        if flags & ~allowed or (flags & p.NBD_CMD_FLAG_DF and not self.session.structured):
+            raise RequestRefused(p.NBD_EINVAL, "unsupported flags %#x" % flags)
+        if kind in _WRITES and not self.export.writable:
+            raise RequestRefused(p.NBD_EPERM, "Export is read-only")
+        if kind == p.NBD_CMD_READ and length > p.NBD_MAX_BUFFER_SIZE:
+            raise RequestRefused(p.NBD_EINVAL, "len (%d) is larger than max len (%d)"
+                                 % (length, p.NBD_MAX_BUFFER_SIZE))
+        if offset + length > self.backend.virtual_size:
+            raise RequestRefused(p.NBD_EINVAL, "operation past EOF")
+        if kind == p.NBD_CMD_BLOCK_STATUS and (not self.session.contexts or not length):
+            raise RequestRefused(p.NBD_EINVAL, "need non-zero length and a meta context")
+        if flags & p.NBD_CMD_FLAG_FAST_ZERO and not self.backend.zeroes_are_fast(offset, length):
+            raise RequestRefused(p.NBD_ENOTSUP, "fast zeroing not possible here")
+
+    def _perform(self, send, flags, kind, cookie, offset, length, payload) -> None:
+        backend = self.backend
+        fua = bool(flags & p.NBD_CMD_FLAG_FUA) or self.export.writethrough
+        if kind == p.NBD_CMD_READ:
+            return self._read(send, flags, cookie, offset, length)
+        if kind == p.NBD_CMD_BLOCK_STATUS:
+            return self._block_status(send, flags, cookie, offset, length)
+        if kind == p.NBD_CMD_WRITE:
+            backend.write(offset, payload, fua=fua)
+        elif kind == p.NBD_CMD_WRITE_ZEROES:
+            backend.write_zeroes(offset, length, fua=fua)
+        elif kind == p.NBD_CMD_TRIM:
+            backend.discard(offset, length)
+            if fua:
+                backend.flush()
+        elif kind == p.NBD_CMD_FLUSH:
+            backend.flush()
+        send(p.simple_reply(0, cookie))         # CACHE is advice: nothing to do
+
+    def _read(self, send, flags, cookie, offset, length) -> None:
+        if not self.session.structured:
+            data = self.backend.read(offset, length)
+            return send(p.simple_reply(0, cookie), data)
+        if not length:
+            return send(p.none_chunk(cookie))
+        if flags & p.NBD_CMD_FLAG_DF or length <= SMALL_READ:
+            # Small reads skip the block-status walk: it costs more than the bytes it saves.
+            data = self.backend.read(offset, length)
+            return send(p.data_chunk_header(cookie, offset, length, True), data)
+        pieces = self.backend.read_sparse(offset, length)
+        parts = []
+        for index, (start, piece) in enumerate(pieces):
+            done = index == len(pieces) - 1
+            if isinstance(piece, int):
+                parts.append(p.hole_chunk(cookie, start, piece, done))
+            else:
+                parts += (p.data_chunk_header(cookie, start, len(piece), done), piece)
+        send(*parts)
+
+    def _block_status(self, send, flags, cookie, offset, length) -> None:
+        runs = self.backend.status_above(offset, length)      # one walk for every context
+        contexts = list(self.session.contexts.items())
+        for index, (context_id, name) in enumerate(contexts):
+            if name == p.CONTEXT_BASE_ALLOCATION:
+                value = lambda run: 0 if not reads_as_zero(run.kind) else (  # noqa: E731
+                    p.NBD_STATE_HOLE | p.NBD_STATE_ZERO)
+            else:
+                value = allocation_depth
+            extents = merged_extents(runs, value, flags & p.NBD_CMD_FLAG_REQ_ONE)
+            send(p.block_status_chunk(cookie, context_id, extents, index == len(contexts) - 1))
+
+    def _reply_error(self, send, kind, cookie, error, message) -> None:
+        try:
+            if self.session.structured and kind in (p.NBD_CMD_READ, p.NBD_CMD_BLOCK_STATUS):
+                send(p.error_chunk(cookie, error, message))
+            else:
+                send(p.simple_reply(error, cookie))
+        except OSError:
+            self.close()
+
+
+def merged_extents(runs, value, only_one):
+    """(length, flags) descriptors, neighbours with one value merged, at most MAX_EXTENTS."""
+    extents = []
+    for run in runs:
+        flags = value(run)
+        if extents and extents[-1][1] == flags:
+            extents[-1][0] += run.length
+        else:
+            if len(extents) >= (1 if only_one else MAX_EXTENTS):
+                break
+            extents.append([run.length, flags])
+    return [(n, f) for n, f in extents]
