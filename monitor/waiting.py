@@ -10,6 +10,7 @@ import time
 from typing import Callable, List, Optional
 
 from commands.errors import DEVICE_NOT_FOUND, CommandError
+from images.errors import JobError
 
 POLL_INTERVAL = 0.1
 
@@ -72,7 +73,13 @@ class JobWaiter:
             if _all_paused(infos):
                 return "not waiting: %s paused (block_job_resume to go on)\n" % ", ".join(
                     info["device"] for info in infos)
-            self._core.wait_jobs(job_id, timeout=POLL_INTERVAL)
+            try:
+                self._core.wait_jobs(job_id, timeout=POLL_INTERVAL)
+            except JobError as err:
+                if not err.not_found:
+                    raise
+                # it ended and was dismissed between the query and the wait: the next
+                # query no longer lists it
 
     def _wait_drawing(self, job_id) -> str:
         # rich is imported here, when a terminal watches: scripts (`-c quit`) start without it.

@@ -126,3 +126,26 @@ def test_qmp_client_force_cancel_and_errors(qmp_server):
                                                      "concluded", "null"]
     assert monitor.cmd_raw("query-block")["return"][0]["inserted"]["file"] == \
         os.path.join(directory, "top.qcow2")
+
+
+class VanishingJobCore:
+    """A job listed by query-block-jobs that is gone (dismissed) when the wait starts."""
+
+    def __init__(self):
+        self.waits = 0
+
+    def execute(self, name, args=None):
+        assert name == "query-block-jobs"
+        return [] if self.waits else [{"device": "virtio0", "status": "running", "paused": False}]
+
+    def wait_jobs(self, job_id=None, timeout=None):
+        from images.errors import JobError
+        self.waits += 1
+        raise JobError("Block job '%s' not found" % job_id, not_found=True)
+
+
+def test_block_job_wait_on_a_job_that_ends_meanwhile_returns_quietly():
+    from monitor.waiting import JobWaiter
+    core = VanishingJobCore()
+    assert JobWaiter(core).wait("virtio0") == ""
+    assert core.waits == 1
