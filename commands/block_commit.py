@@ -1,6 +1,12 @@
 """``block-commit`` and HMP ``commit``: argument checks in QEMU's order (qmp_block_commit),
 the lookup of top and base, and the start through ``commands.block_jobs``.
 
+An active commit (top is the active image) gets the mirror's hooks from here: the
+guest's writes reach the job through the top's ``after_guest_write`` notifiers,
+``drain`` (no guest request and no graph change while the job finishes in sync),
+``pivot`` (the device now uses base; the layers above it leave the chain and are
+closed) and ``detach`` (off the guest path when the body ends).
+
 Refusals are QEMU 7.2's texts (reference section 2.5), but a busy device says what
 keeps it busy (QEMU answers ``Need a root block node``).  The job holds every image
 from the device's active image down to base: guest I/O goes on, other jobs and
@@ -10,7 +16,7 @@ import os
 
 from images.chain import chain_of
 from images.errors import BlockError
-from images.jobs.commit import CommitJob, commit_to_backing
+from images.jobs.commit import ActiveCommitJob, CommitJob, commit_to_backing
 from images.jobs.commit import merge_cost as chain_merge_cost
 
 from .block_jobs import JobKind, JobPlan, start_block_job
@@ -72,7 +78,7 @@ def resolve_base(table, top, args):
     return chain_of(top)[-1]      # QEMU's bdrv_find_base: the bottom of the chain
 
 
-def _plan_commit(table, active, device, args):
+def _plan_commit(table, active, device, args, made):
     top = resolve_top(table, active, args)
     base = resolve_base(table, top, args)
     chain = chain_of(active)
@@ -84,36 +90,80 @@ def _plan_commit(table, active, device, args):
         if top is active:
             if "backing-file" in args:
                 raise CommandError("'backing-file' specified, but 'top' is the active layer")
-            raise CommandError("Active commit (top is the active layer) is not supported yet")
 
     def create(job_id, events, on_finished, **common):
-        overlay = chain[chain.index(top) - 1]
-        return CommitJob(job_id, events, top, base, overlay,
-                         backing_file=args.get("backing-file"), on_finished=on_finished,
-                         **common)
+        if top is active:
+            job = _active_commit(table, table.device_of(active), base, job_id, events,
+                                 on_finished, common)
+        else:
+            job = CommitJob(job_id, events, top, base, chain[chain.index(top) - 1],
+                            backing_file=args.get("backing-file"), on_finished=on_finished,
+                            **common)
+        made.append(job)
+        return job
     return JobPlan(held=held, create=create, late_check=late_check,
                    cleanup=lambda job: _commit_finished(table, job, held))
 
 
-COMMIT = JobKind("commit", plan=_plan_commit)
+def _active_commit(table, owner, base, job_id, events, on_finished, common):
+    """The active commit, built drained (a guest request in flight lands before the
+    initial bitmap is taken) and hooked into the top's guest path."""
+    on_error = common.pop("on_error")
+    top = owner.top
+    with owner.io_lock, top.lock:
+        job = ActiveCommitJob(
+            job_id, events, top, base, granularity=max(base.cluster_size, 4096),
+            on_source_error=on_error, on_target_error=on_error,
+            drain=lambda section: _drained(table, owner, section),
+            pivot=lambda finished: _pivot(table, owner, finished),
+            detach=lambda finished: _drained(table, owner, lambda: _unhook(finished)),
+            on_finished=on_finished, **common)
+        top.after_guest_write.append(job.guest_write)
+    return job
+
+
+def _drained(table, owner, section):
+    with table.graph_lock, owner.io_lock:
+        return section()
+
+
+def _pivot(table, owner, job):
+    """block_job_complete, drained: the device now uses base (flushed by the job)."""
+    job.top.flush()
+    _unhook(job)
+    table.switch_top(owner, job.base)
+
+
+def _unhook(job):
+    if job.guest_write in job.top.after_guest_write:
+        job.top.after_guest_write.remove(job.guest_write)
 
 
 def start_commit(core, args):
+    table = core.devices
     # QEMU looks the device up and checks it is not busy before anything else.
-    core.devices.check_not_busy(root_image(core.devices, args["device"]))
-    return start_block_job(core, args, COMMIT)
+    table.check_not_busy(root_image(table, args["device"]))
+    made = []
+    kind = JobKind("commit", plan=lambda t, top, device, a: _plan_commit(t, top, device, a, made))
+    try:
+        return start_block_job(core, args, kind)
+    except Exception:
+        for job in made:        # refused once built (id, speed, base reopen): unhook it
+            if isinstance(job, ActiveCommitJob):
+                _unhook(job)
+        raise
 
 
 def _commit_finished(table, job, held):
-    """Once the overlay names base: close the committed-over images no chain reaches
-    and forget their node names (their files stay on disk, as QEMU leaves them)."""
-    if getattr(job, "overlay", None) is not None and job.overlay.backing is job.base \
-            and job.status != "aborting":
-        live = {id(img) for img in table.all_images()}
-        for image in held:
-            if id(image) not in live:
-                image.close()
-        table.forget_unused_nodes()
+    """Close the images that left the chain (no chain reaches them any more) and forget
+    their node names; their files stay on disk, as QEMU leaves them."""
+    if isinstance(job, ActiveCommitJob):
+        _unhook(job)        # a job that never ran was never detached
+    live = {id(img) for img in table.all_images()}
+    for image in held:
+        if id(image) not in live:
+            image.close()
+    table.forget_unused_nodes()
 
 
 def commit_device(core, args):

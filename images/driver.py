@@ -74,6 +74,9 @@ class BlockImage:
         # Called as f(offset, length) before each guest write, zero write or discard
         # (guest_io.GuestView): a backup copies the old data out first.
         self.before_guest_write: list = []
+        # Called as f(kind, offset, length, data) after each guest write, zero write
+        # or discard, the image's lock held (guest_io.GuestView): a mirror job.
+        self.after_guest_write: list = []
         self.virtual_size = 0
         self.cluster_size = 512
         self.file_lock: Optional[FileLock] = None    # the lock bytes of the open file

@@ -11,6 +11,15 @@ base (relatively when it named its backing file relatively; ``backing-file``
 overrides) and is flushed.  A cancel, an error or a kill leaves the chain as it
 was: base holds some extra, masked data.
 
+Active commit (``ActiveCommitJob``, top is the active image) is the mirror
+(``mirror.MirrorJob``) with ``"type": "commit"``, its target the base: the dirty
+bitmap starts with everything the layers above base hold and grows with the
+guest's writes; each dirty range is copied into base with the same copy step.
+READY once base is in sync (and flushed); ``complete`` switches the device to base
+(the layers above it leave the chain); a soft cancel at READY ends in sync without
+the switch, a force cancel at once; either leaves the copied data in base, still
+masked by the layers above it.
+
 Base is reopened read-write when the job is created (QEMU's commit_start) and back
 to read-only when it ends (unless it became the active image).  ``commit_to_backing``
 is HMP ``commit``: the active image's data into its backing file, synchronously,
@@ -23,6 +32,7 @@ from ..driver import UNALLOCATED, ZERO
 from ..errors import ImageError, ImageLockError
 from ..locking import JOB_WRITER
 from .copy_plan import clipped, copy_extents, work_extents
+from .mirror import MirrorJob
 from .range_copy import RangeCopyJob
 from .stream import backing_reference_for
 
@@ -152,6 +162,36 @@ class CommitJob(_WritesBase, RangeCopyJob):
         self._restore_base()
         if self._on_finished is not None:
             self._on_finished(self)
+
+
+class ActiveCommitJob(_WritesBase, MirrorJob):
+    """Active commit: the mirror of the active image ``top`` into ``base``, type commit.
+    Build it with ``top.lock`` held and register ``guest_write`` before releasing it."""
+
+    job_type = "commit"
+
+    def __init__(self, job_id, events, top, base, **options):
+        super().__init__(job_id, events, top, base, sync="none", **options)
+        self.top, self.base = top, base
+        for run in committed_extents(top, base, 0, top.virtual_size):
+            self.bitmap.set_dirty(run.offset, run.length)
+        self.len = self.bitmap.count()      # QEMU: the bytes allocated above base
+
+    def _copy_small(self, runs):
+        """(Top's lock held.)  The dirty ranges as the commit copies them: what the layers
+        above base decide there, into base; nothing is left for the bulk pass."""
+        copied, written = 0, []
+        for offset, length in runs:
+            done, ranges = _copy_into_base(self.top, self.base,
+                                           committed_extents(self.top, self.base, offset, length))
+            copied += done
+            written += ranges
+        self._writeback.start_all(self.base.data_fd(), written)
+        return copied, []
+
+    def clean(self):
+        self._restore_base(keep_writable=self.pivoted)
+        super().clean()
 
 
 def commit_to_backing(top, chunk=4 * 1024 * 1024):
