@@ -16,12 +16,13 @@ requests, the highest write offset and the idle time.
 """
 import threading
 import time
-from typing import List
 
-from images.chain import block_status_above, chain_of
+from images.chain import block_status_above
 from images.driver import DATA, UNALLOCATED
 from images.errors import BlockError, ImageIOError
 from images.guest_io import GuestView
+
+from .read_plan import ReadPlan, plan_read
 
 READ, WRITE, FLUSH, UNMAP = "rd", "wr", "flush", "unmap"
 _KINDS = (READ, WRITE, FLUSH, UNMAP)
@@ -138,25 +139,14 @@ class BlockBackend:
             self._checked(READ, offset, length)
             return self._run(READ, length, 0, self.image.read, offset, length)
 
-    def read_sparse(self, offset: int, length: int) -> List[tuple]:
-        """The range as pieces ``(offset, bytes)`` for data and ``(offset, length)`` for
-        ranges that read as zeros, from one block-status walk (NBD's structured read)."""
+    def plan_read(self, offset: int, length: int) -> ReadPlan:
+        """The range as a ``ReadPlan`` (holes, bytes, file ranges), from one walk of the
+        chain under the lock; the caller sends it and then calls ``plan.close()``.
+        The time counted is the walk's and the reads' under the lock (QEMU counts the
+        block layer's time, not the network's)."""
         with self._lock:
             self._checked(READ, offset, length)
-            return self._run(READ, length, 0, self._sparse_pieces, offset, length)
-
-    def _sparse_pieces(self, offset, length):
-        top = self.image
-        chain = chain_of(top)
-        pieces = []
-        with top.lock:
-            for run in block_status_above(top, None, offset, length):
-                if run.kind == DATA:
-                    # The layer that holds the data answers alone: one pread for a plain run.
-                    pieces.append((run.offset, chain[run.depth].read(run.offset, run.length)))
-                else:
-                    pieces.append((run.offset, run.length))
-        return pieces
+            return self._run(READ, length, 0, plan_read, self.image, offset, length)
 
     def write(self, offset: int, data, fua: bool = False) -> None:
         with self._lock:

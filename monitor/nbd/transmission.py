@@ -14,10 +14,12 @@ A bad magic, a WRITE longer than 32 MiB (its payload is not read) or a broken fr
 ends this connection only; any other bad request gets the spec's error reply.
 """
 import errno
+import os
 import socket
 import threading
 
 from commands.block_backend import allocation_depth, reads_as_zero
+from commands.read_plan import FileRange
 from images.errors import BlockError, ImageIOError
 
 from . import protocol as p
@@ -108,37 +110,76 @@ class Wire:
             done += got
 
     def send(self, *parts) -> None:
-        """Headers and data in one sendmsg: no copy of the data into a joined buffer."""
+        """Buffers in one sendmsg per run of them (no copy into a joined buffer); a
+        ``FileRange`` goes from its file to the socket in the kernel (sendfile)."""
         with self.send_lock:
-            pending = [memoryview(part).cast("B") for part in parts if len(part)]
-            while pending:
-                sent = self.sock.sendmsg(pending[:IOV_BATCH])
-                while pending and sent >= len(pending[0]):
-                    sent -= len(pending[0])
-                    pending.pop(0)
-                if pending and sent:
-                    pending[0] = pending[0][sent:]
+            buffers = []
+            for part in parts:
+                if isinstance(part, FileRange):
+                    self._sendmsg(buffers)
+                    buffers = []
+                    self._sendfile(part)
+                elif len(part):
+                    buffers.append(memoryview(part).cast("B"))
+            self._sendmsg(buffers)
+
+    def _sendmsg(self, pending) -> None:
+        while pending:
+            sent = self.sock.sendmsg(pending[:IOV_BATCH])
+            while pending and sent >= len(pending[0]):
+                sent -= len(pending[0])
+                pending.pop(0)
+            if pending and sent:
+                pending[0] = pending[0][sent:]
+
+    def _sendfile(self, part) -> None:
+        out, offset, left = self.sock.fileno(), part.offset, part.length
+        while left:
+            sent = os.sendfile(out, part.fd, offset, left)
+            if not sent:        # the file ends early (a raw file shrank): zeros, as a read
+                self._sendmsg([memoryview(bytes(left))])
+                return
+            offset, left = offset + sent, left - sent
 
 
 class Replies:
     """Replies of inline requests, held back while more requests are already buffered,
-    then sent together: one sendmsg (and one wake-up of the client) for a batch."""
+    then sent together: one sendmsg (and one wake-up of the client) for a batch.
+    Read plans whose file ranges a reply sends are held until it is sent, then closed."""
 
-    def __init__(self, wire):
+    def __init__(self, wire, batch=True):
         self.wire = wire
+        self.batch = batch
         self.parts = []
+        self.plans = []
         self.size = 0
 
     def __call__(self, *parts) -> None:
+        if not self.batch:
+            return self.wire.send(*parts)
         self.parts.extend(parts)
         self.size += sum(len(part) for part in parts)
         if self.size >= REPLY_BATCH_BYTES or len(self.parts) >= IOV_BATCH:
             self.flush()
 
+    def hold(self, plan) -> None:
+        """Close ``plan`` once what was given so far is sent."""
+        self.plans.append(plan)
+        if not self.parts:
+            self.release()
+
     def flush(self) -> None:
-        if self.parts:
-            parts, self.parts, self.size = self.parts, [], 0
-            self.wire.send(*parts)
+        try:
+            if self.parts:
+                parts, self.parts, self.size = self.parts, [], 0
+                self.wire.send(*parts)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        plans, self.plans = self.plans, []
+        for plan in plans:
+            plan.close()
 
 
 class Connection:
@@ -168,6 +209,7 @@ class Connection:
         except (OSError, EOFError, ValueError):
             return                              # the peer went away, or we closed the socket
         finally:
+            replies.release()
             self._wait_idle()
 
     def _dispatch(self, replies, magic, flags, kind, cookie, offset, length) -> bool:
@@ -191,7 +233,7 @@ class Connection:
         if kind in _INLINE:
             self._handle(replies, flags, kind, cookie, offset, length, payload)
             return True
-        self.pool.submit(self._handle, self.wire.send, flags, kind, cookie, offset, length, payload)
+        self.pool.submit(self._handle, Replies(self.wire, batch=False), flags, kind, cookie, offset, length, payload)
         return True
 
     def _reserve(self, nbytes: int) -> None:
@@ -287,15 +329,18 @@ class Connection:
             # Small reads skip the block-status walk: it costs more than the bytes it saves.
             data = self.backend.read(offset, length)
             return send(p.data_chunk_header(cookie, offset, length, True), data)
-        pieces = self.backend.read_sparse(offset, length)
+        plan = self.backend.plan_read(offset, length)
         parts = []
-        for index, (start, piece) in enumerate(pieces):
-            done = index == len(pieces) - 1
-            if isinstance(piece, int):
-                parts.append(p.hole_chunk(cookie, start, piece, done))
+        last = len(plan.pieces) - 1
+        for index, (start, size, data) in enumerate(plan.pieces):
+            if data is None:
+                parts.append(p.hole_chunk(cookie, start, size, index == last))
             else:
-                parts += (p.data_chunk_header(cookie, start, len(piece), done), piece)
-        send(*parts)
+                parts += (p.data_chunk_header(cookie, start, size, index == last), data)
+        try:
+            send(*parts)
+        finally:
+            send.hold(plan)
 
     def _block_status(self, send, flags, cookie, offset, length) -> None:
         runs = self.backend.status_above(offset, length)      # one walk for every context
