@@ -22,7 +22,7 @@ from images.driver import DATA, UNALLOCATED
 from images.errors import BlockError, ImageIOError
 from images.guest_io import GuestView
 
-from .read_plan import ReadPlan, plan_read
+from .read_plan import ExtentCache, ReadPlan, plan_read
 
 READ, WRITE, FLUSH, UNMAP = "rd", "wr", "flush", "unmap"
 _KINDS = (READ, WRITE, FLUSH, UNMAP)
@@ -100,6 +100,7 @@ class BlockBackend:
         self._lock = device.io_lock if device is not None else threading.RLock()
         self.stats = stats if stats is not None else (device.stats if device is not None
                                                       else IoStats())
+        self._extents = ExtentCache()     # for plan_read, under the lock
 
     @property
     def image(self):
@@ -146,7 +147,8 @@ class BlockBackend:
         block layer's time, not the network's)."""
         with self._lock:
             self._checked(READ, offset, length)
-            return self._run(READ, length, 0, plan_read, self.image, offset, length)
+            return self._run(READ, length, 0, plan_read, self.image, offset, length,
+                             self._extents)
 
     def write(self, offset: int, data, fua: bool = False) -> None:
         with self._lock:

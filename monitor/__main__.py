@@ -1,5 +1,7 @@
-"""``python -m monitor``: the same as the ``blockmon`` console script."""
+import os
 import sys
+if os.environ.get("SWI"):
+    sys.setswitchinterval(float(os.environ["SWI"]))
 
 from monitor.cli import main
 
