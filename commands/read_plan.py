@@ -27,7 +27,7 @@ from typing import List, NamedTuple, Optional, Union
 
 from images.chain import chain_of, extents_above
 from images.driver import DATA, Run
-from images.errors import ImageIOError
+from images.errors import BlockError, ImageIOError
 
 MIN_FILE_RANGE = 4096       # below this a pread under the lock costs less than a sendfile
 WINDOW = 8 * 1024 * 1024    # the extent cache's unit (an L2 table of 64 KiB clusters: 512 MiB)
@@ -120,6 +120,12 @@ class ExtentCache:
             self._key = key
             self._windows.clear()
             return extents_above(top, None, offset, length)
+        try:
+            return self._from_windows(top, chain, offset, length)
+        except _WindowUnreadable:
+            return extents_above(top, None, offset, length)
+
+    def _from_windows(self, top, chain, offset, length):
         result, end = [], offset + length
         start = offset - offset % self.window
         while start < end:
@@ -136,13 +142,24 @@ class ExtentCache:
         if cached is not None:
             self._windows.move_to_end(start)
             return cached
-        extents = extents_above(top, None, start, min(self.window, top.virtual_size - start))
+        try:
+            extents = extents_above(top, None, start, min(self.window, top.virtual_size - start))
+        except BlockError:
+            # Metadata that cannot be read near the request: the request alone decides
+            # whether it fails (as it would without the cache); nothing is kept.
+            self._key = None
+            self._windows.clear()
+            raise _WindowUnreadable from None
         cached = ([e.offset for e in extents], extents)
         if _chain_key(chain) == self._key:      # no layer changed during the walk
             self._windows[start] = cached
             if len(self._windows) > self.limit:
                 self._windows.popitem(last=False)
         return cached
+
+
+class _WindowUnreadable(Exception):
+    pass
 
 
 def _chain_key(chain):

@@ -159,7 +159,9 @@ class Replies:
             return self.wire.send(*parts)
         self.parts.extend(parts)
         self.size += sum(len(part) for part in parts)
-        if self.size >= REPLY_BATCH_BYTES or len(self.parts) >= IOV_BATCH:
+        # Data sent from a file costs us no memory and the client waits for it: at once.
+        if (self.size >= REPLY_BATCH_BYTES or len(self.parts) >= IOV_BATCH
+                or any(isinstance(part, FileRange) for part in parts)):
             self.flush()
 
     def hold(self, plan) -> None:
