@@ -332,15 +332,8 @@ class Connection:
             data = self.backend.read(offset, length)
             return send(p.data_chunk_header(cookie, offset, length, True), data)
         plan = self.backend.plan_read(offset, length)
-        parts = []
-        last = len(plan.pieces) - 1
-        for index, (start, size, data) in enumerate(plan.pieces):
-            if data is None:
-                parts.append(p.hole_chunk(cookie, start, size, index == last))
-            else:
-                parts += (p.data_chunk_header(cookie, start, size, index == last), data)
         try:
-            send(*parts)
+            send(*sparse_reply(cookie, plan.pieces))
         finally:
             send.hold(plan)
 
@@ -378,3 +371,24 @@ def merged_extents(runs, value, only_one):
                 break
             extents.append([run.length, flags])
     return [(n, f) for n, f in extents]
+
+
+def sparse_reply(cookie, pieces):
+    """A structured read's chunks: a hole chunk per hole, and one data chunk for each
+    stretch of neighbouring data pieces (whatever layer or file each comes from), so the
+    client reads one header per stretch."""
+    parts, index = [], 0
+    while index < len(pieces):
+        start, size, data = pieces[index]
+        index += 1
+        if data is None:
+            parts.append(p.hole_chunk(cookie, start, size, index == len(pieces)))
+            continue
+        stretch = [data]
+        while index < len(pieces) and pieces[index].data is not None:
+            size += pieces[index].length
+            stretch.append(pieces[index].data)
+            index += 1
+        parts.append(p.data_chunk_header(cookie, start, size, index == len(pieces)))
+        parts += stretch
+    return parts
