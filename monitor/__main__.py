@@ -1,7 +1,5 @@
-import os
+"""``python -m monitor``: the same as the ``blockmon`` console script."""
 import sys
-if os.environ.get("SWI"):
-    sys.setswitchinterval(float(os.environ["SWI"]))
 
 from monitor.cli import main
 
