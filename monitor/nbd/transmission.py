@@ -28,7 +28,6 @@ MAX_IN_FLIGHT = 16
 MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
 MAX_EXTENTS = 128 * 1024            # per BLOCK_STATUS chunk (QEMU sends at most 1 MiB of them)
 READ_BUFFER = 256 * 1024
-SMALL_READ = 64 * 1024              # reads up to this size go out as one data chunk
 REPLY_BATCH_BYTES = 1024 * 1024     # inline replies held back at most this much
 IOV_BATCH = 512                    # below IOV_MAX (1024)
 
@@ -327,13 +326,14 @@ class Connection:
             return send(p.simple_reply(0, cookie), data)
         if not length:
             return send(p.none_chunk(cookie))
-        if flags & p.NBD_CMD_FLAG_DF or length <= SMALL_READ:
-            # Small reads skip the block-status walk: it costs more than the bytes it saves.
-            data = self.backend.read(offset, length)
-            return send(p.data_chunk_header(cookie, offset, length, True), data)
-        plan = self.backend.plan_read(offset, length)
+        plan = self.backend.plan_read(offset, length)     # the walk comes from the cache
         try:
-            send(*sparse_reply(cookie, plan.pieces))
+            if flags & p.NBD_CMD_FLAG_DF:       # one data chunk: holes as zeros
+                send(p.data_chunk_header(cookie, offset, length, True),
+                     *(bytes(piece.length) if piece.data is None else piece.data
+                       for piece in plan.pieces))
+            else:
+                send(*sparse_reply(cookie, plan.pieces))
         finally:
             send.hold(plan)
 
