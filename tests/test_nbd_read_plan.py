@@ -10,7 +10,7 @@ import random
 import threading
 
 from conftest import require_tool, run
-from nbd_helpers import Blockmon
+from nbd_helpers import Blockmon, build_chain
 
 from commands.block_backend import BlockBackend
 from commands.core import BlockCore
@@ -180,3 +180,26 @@ def test_nbd_reads_while_a_snapshot_and_a_stream_change_the_graph(chain_copy, tm
     assert status == 0, err
     assert not failures, failures[0]
     assert len(copies) >= 2 and len(copies) > during
+
+
+def test_a_df_read_is_one_data_chunk_with_holes_as_zeros(tmp_path):
+    from test_nbd_fuzz import RawClient
+    top = build_chain(str(tmp_path))
+    blockmon = Blockmon(top, str(tmp_path))
+    try:
+        client = RawClient(blockmon.sock)
+        client.go(b"D")
+        offset, length = 1 * MiB, 4 * MiB       # data of A and D, a zero cluster, holes
+        sparse = client.read(offset, length)
+        client.request(0, offset, length, flags=4)             # NBD_CMD_FLAG_DF
+        error, chunks = client.reply()
+        assert error == 0 and len(chunks) == 1 and chunks[0][0] == 1     # OFFSET_DATA
+        assert chunks[0][1][:8] == offset.to_bytes(8, "big")
+        assert chunks[0][1][8:] == sparse
+        client.request(0, 6 * MiB, 64 * 1024)                  # a hole, without DF: a hole chunk
+        assert [kind for kind, _ in client.reply()[1]] == [2]
+        client.request(0, 6 * MiB, 64 * 1024, flags=4)
+        assert client.reply()[1] == [(1, (6 * MiB).to_bytes(8, "big") + bytes(64 * 1024))]
+        client.close()
+    finally:
+        blockmon.stop()
