@@ -8,7 +8,10 @@ either a device (and then always reaches the device's *current* top, so after
 ``snapshot_blkdev`` the next request goes to the new overlay) or one fixed node.
 Every request holds the device's ``io_lock`` for its whole duration: a top switch
 waits for requests that picked the old top, and the stream, which checks and
-copies under the top's lock, never overwrites what a guest wrote.
+copies under the top's lock, never overwrites what a guest wrote.  A planned read
+(``plan_read``, NBD's) holds it while it walks the chain and reads what must be read
+under it; the file ranges of read-only layers it leaves to the caller are safe
+without it (see ``commands.read_plan``).  Each backend keeps an ``ExtentCache``.
 
 ``IoStats`` counts the requests as QEMU's block accounting does (``BlockDeviceStats``
 of ``query-blockstats``): bytes, operations, total times, failed and invalid

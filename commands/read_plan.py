@@ -31,7 +31,7 @@ from images.errors import BlockError, ImageIOError
 
 MIN_FILE_RANGE = 64 * 1024  # below this a pread under the lock (batched replies) is cheaper
 WINDOW = 8 * 1024 * 1024    # the extent cache's unit (an L2 table of 64 KiB clusters: 512 MiB)
-CACHED_WINDOWS = 64
+CACHED_WINDOWS = 16         # a sequential reader per connection needs one or two
 
 
 class FileRange(NamedTuple):

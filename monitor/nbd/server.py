@@ -14,6 +14,7 @@ warning as the QMP server, since NBD has no authentication here (no TLS).
 """
 import concurrent.futures
 import os
+import select
 import socket
 import sys
 import threading
@@ -156,6 +157,14 @@ class NbdServer:
 
     # -- the service the commands use -------------------------------------------------
     def clients(self, export):
+        """Peers connected to ``export``.  A client that has hung up (its DISC or EOF
+        not yet read by its thread) is waited for, not counted: right after
+        ``qemu-io`` exits, a safe remove must not find it still there."""
+        with self._lock:
+            chosen = [(c, t) for c, (exp, _, t) in self._connections.items() if exp is export]
+        for connection, thread in chosen:
+            if _hung_up(connection.wire.sock) and thread is not threading.current_thread():
+                thread.join(JOIN_TIMEOUT)
         with self._lock:
             return [peer for exp, peer, _ in self._connections.values() if exp is export]
 
@@ -193,6 +202,16 @@ class NbdServer:
                     os.unlink(self.address["path"])
             except OSError:
                 pass
+
+
+def _hung_up(sock):
+    """True once the peer closed its side (POLLRDHUP, even with its DISC still unread)."""
+    poller = select.poll()
+    try:
+        poller.register(sock, select.POLLRDHUP)
+    except (OSError, ValueError):
+        return True                         # already closed here
+    return bool(poller.poll(0))
 
 
 def _peer_text(sock, peer):

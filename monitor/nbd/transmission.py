@@ -6,7 +6,9 @@ BLOCK_STATUS it answers itself, holding the replies back while more requests are
 already buffered and sending them in one ``sendmsg``; FLUSH, TRIM and WRITE_ZEROES,
 which may take long, go to the server's worker pool, whose replies go out under the
 connection's send lock as they finish, so replies are out of order.  All block I/O
-goes through the export's ``BlockBackend``.  Memory is bounded: at most
+goes through the export's ``BlockBackend``; a READ is a read plan whose file ranges
+go from the image file to the socket with ``sendfile`` once the device lock is
+released (a reply with one goes out at once).  Memory is bounded: at most
 ``MAX_IN_FLIGHT`` requests and ``MAX_IN_FLIGHT_BYTES`` of payload per connection
 (the reader stops reading, and the socket pushes back).
 
