@@ -15,9 +15,10 @@ Why a read-only layer's bytes may be sent after the lock is released: no one rew
 or frees an allocated cluster of an image opened read-only (a stream only fills the
 top's unallocated clusters; a guest writes to the top).  What may happen meanwhile is
 a switch or close: a stream ends and closes the images it streamed out, a snapshot
-reopens the old top read-only.  So each file range reads from a duplicate of the
-layer's descriptor, owned by the plan and closed by ``ReadPlan.close()`` once the
-bytes are sent; the file stays open for the read whatever the graph does.
+reopens the old top read-only.  So each file range reads from a descriptor of the
+plan's own (the layer's file opened again through /proc/self/fd), closed by
+``ReadPlan.close()`` once the bytes are sent; the file stays open for the read
+whatever the graph does, and holds none of the image's locks.
 """
 import errno
 import os
@@ -73,16 +74,19 @@ class ReadPlan:
         self.pieces.append(Piece(offset, length, data))
 
     def descriptor(self, layer) -> Optional[int]:
-        """A duplicate of ``layer``'s data descriptor, one per layer and plan."""
+        """A descriptor of ``layer``'s file of the plan's own, one per layer and plan
+        (None: no /proc here, read under the lock instead).
+
+        A new open file description, not a ``dup``: the image's lock bytes (open file
+        description locks, images/locking.py) live on its own description, and a dup
+        would keep them held after the image closed or reopened its file."""
         fd = self._fds.get(id(layer))
         if fd is None:
-            source = layer.data_fd()
-            if source is None:
-                return None
             try:
-                fd = self._fds[id(layer)] = os.dup(source)
-            except OSError as err:
-                raise ImageIOError(errno=err.errno or errno.EIO, operation="read") from err
+                fd = os.open("/proc/self/fd/%d" % layer.data_fd(), os.O_RDONLY | os.O_CLOEXEC)
+            except OSError:
+                return None
+            self._fds[id(layer)] = fd
         return fd
 
     def close(self) -> None:
@@ -203,9 +207,10 @@ def plan_read(top, offset: int, length: int, cache: Optional[ExtentCache] = None
                     continue
                 layer = chain[extent.depth]
                 with layer.lock:        # its descriptor stays the one its map describes
-                    if _sendable(layer, extent):
-                        plan.add(extent.offset, extent.length, FileRange(
-                            plan.descriptor(layer), extent.host_offset, extent.length))
+                    fd = plan.descriptor(layer) if _sendable(layer, extent) else None
+                    if fd is not None:
+                        plan.add(extent.offset, extent.length,
+                                 FileRange(fd, extent.host_offset, extent.length))
                     elif extent.host_offset is not None and layer.data_fd() is not None:
                         # plain data: its bytes straight from the file, no second walk
                         plan.add(extent.offset, extent.length, _pread(

@@ -16,6 +16,7 @@ from commands.block_backend import BlockBackend
 from commands.core import BlockCore
 from commands.read_plan import ExtentCache, FileRange, plan_read
 from images.chain import close_chain, open_image
+from images.qcow2.image import Qcow2Image
 
 MiB = 1024 * 1024
 
@@ -69,6 +70,20 @@ def test_a_plan_outlives_the_close_of_its_images(bench_chain_256m):
     close_chain(top)                            # as a stream's end closes what it streamed out
     try:
         assert materialize(plan, length) == expected
+    finally:
+        plan.close()
+
+
+def test_a_plan_in_flight_holds_none_of_the_image_locks(chain_copy):
+    """After the chain is closed, a plan still sending must not keep its lock bytes:
+    another opener may take the file for writing at once."""
+    top = open_image(os.path.join(chain_copy, "D.qcow2"), read_only=True)
+    plan = plan_read(top, 0, 8 * MiB)
+    try:
+        assert any(isinstance(piece.data, FileRange) for piece in plan.pieces)
+        close_chain(top)
+        writer = Qcow2Image.open(os.path.join(chain_copy, "A.qcow2"), read_only=False)
+        writer.close()
     finally:
         plan.close()
 
