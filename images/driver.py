@@ -133,6 +133,12 @@ class BlockImage:
         """Runs covering exactly [offset, offset+length), adjacent runs of a kind merged."""
         raise NotImplementedError
 
+    def status_generation(self) -> Optional[int]:
+        """A number that changes whenever ``block_status``'s answer may change (a write
+        that allocates, a zero write, a discard), so a caller may keep an answer while
+        the number stays; None when the format makes no such promise."""
+        return None
+
     # -- writes ------------------------------------------------------------
     def write(self, offset: int, data: bytes) -> None:
         raise NotImplementedError

@@ -93,3 +93,24 @@ class Session:
 def copy_file(path, to):
     shutil.copyfile(path, to)
     return to
+
+
+def info_shared(path):
+    """qemu-img info -U: the image may be held (locked) by a live session."""
+    import json
+    out = subprocess.run(["qemu-img", "info", "-U", "--output=json", path], check=True,
+                         capture_output=True, text=True).stdout
+    return json.loads(out)
+
+
+def check_shared(path, leaks_ok=False):
+    """qemu-img check -U, as tests.oracle.check_clean."""
+    result = subprocess.run(["qemu-img", "check", "-U", "-f", "qcow2", path], capture_output=True,
+                            text=True)
+    allowed = (0, 3) if leaks_ok else (0,)
+    return result.returncode in allowed and "ERROR" not in result.stdout, result.stdout + result.stderr
+
+
+def identical_shared(path_a, path_b, fmt_a="qcow2", fmt_b="qcow2"):
+    from tests.oracle import identical
+    return identical(path_a, path_b, fmt_a, fmt_b, force_share=True)

@@ -4,9 +4,9 @@ import os
 
 import pytest
 
+from tests.mirrorkit import identical_shared
 from tests.mirrorkit import MiB, Session, small_chain
 from tests.mirrorkit import qemu_img as create
-from tests.oracle import identical
 
 MEMBERS = {"node-name", "drv", "file", "ro", "backing_file_depth", "encrypted", "detect_zeroes",
            "cache", "bps", "bps_rd", "bps_wr", "iops", "iops_rd", "iops_wr", "write_threshold",
@@ -104,7 +104,7 @@ def test_blockdev_mirror_onto_an_added_node(setup):
     names = [n["node-name"] for n in s.qmp("query-named-block-nodes")]
     assert names == ["small", "tgt"]           # the old chain is gone, as in QEMU
     s.close()
-    assert identical(bdm, top)[0]
+    assert identical_shared(bdm, top)[0]
 
 
 def test_blockdev_mirror_size_mismatch_fails_the_job(setup):

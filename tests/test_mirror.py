@@ -8,10 +8,10 @@ import os
 
 import pytest
 
+from tests.mirrorkit import identical_shared, check_shared, info_shared
 from tests.mirrorkit import (CHAIN_ALLOCATED, TOP_ALLOCATED, MiB, Session, copy_file, qemu_io,
                              small_chain)
 from tests.mirrorkit import qemu_img as create
-from tests.oracle import check_clean, identical, info
 
 START = ["created", "running", "ready", "BLOCK_JOB_READY"]
 SUCCESS = ["waiting", "pending", "BLOCK_JOB_COMPLETED", "concluded", "null"]
@@ -57,9 +57,9 @@ def test_sync_top_complete_pivots_with_qemus_events(chain, session):
     session.wait_gone()
     assert session.trace() == START + SUCCESS
     assert session.run("info block").startswith("virtio0 (mirror-top): %s (qcow2)\n" % target)
-    assert info(target)["backing-filename"] == "mid.qcow2"        # relative, as the chain
-    assert identical(target, top)[0]
-    assert identical(top, before)[0]                               # the old top is intact
+    assert info_shared(target)["backing-filename"] == "mid.qcow2"        # relative, as the chain
+    assert identical_shared(target, top)[0]
+    assert identical_shared(top, before)[0]                               # the old top is intact
     assert session.run("block_job_complete virtio0") == "Error: Block job 'virtio0' not found\n"
 
 
@@ -74,13 +74,13 @@ def test_sync_full_copies_the_chain_and_guest_writes_then_pivots(chain, session)
     assert session.job()["status"] == "ready"
     session.qmp("block-job-complete", {"device": "virtio0"})
     session.wait_gone()
-    assert "backing-filename" not in info(target)
+    assert "backing-filename" not in info_shared(target)
     assert session.event_data("BLOCK_JOB_COMPLETED") == [mirror_data("virtio0", CHAIN_ALLOCATED + MiB)]
     session.run('qemu-io virtio0 "write -P 0x77 2M 64k"')       # goes to the target only
     session.close()
     qemu_io(top, "write -P 0x77 2M 64k")
-    assert identical(target, top)[0]
-    assert check_clean(target)[0]
+    assert identical_shared(target, top)[0]
+    assert check_shared(target)[0]
 
 
 def test_sync_none_copies_only_new_writes(chain, session):
@@ -93,11 +93,11 @@ def test_sync_none_copies_only_new_writes(chain, session):
     session.qmp("block-job-complete", {"device": "mn"})
     session.wait_gone()
     assert session.trace() == START + SUCCESS
-    assert info(target)["backing-filename"] == "top.qcow2"
+    assert info_shared(target)["backing-filename"] == "top.qcow2"
     assert session.run("info block").startswith("virtio0 (none): %s (qcow2)\n" % target)
     assert "top: %s (qcow2, read-only)" % top in session.run("info block -n")
     session.close()
-    assert identical(target, top)[0]
+    assert identical_shared(target, top)[0]
 
 
 def test_soft_cancel_while_ready_completes_without_switch(chain, session):
@@ -110,7 +110,7 @@ def test_soft_cancel_while_ready_completes_without_switch(chain, session):
     assert session.trace() == START + SUCCESS
     assert session.event_data("BLOCK_JOB_COMPLETED") == []
     assert session.run("info block").startswith("virtio0 (top): %s (qcow2)\n" % top)
-    assert identical(target, top)[0]          # a full copy at the cancel
+    assert identical_shared(target, top)[0]          # a full copy at the cancel
 
 
 def test_force_cancel_while_ready(chain, session):
@@ -135,7 +135,7 @@ def test_cancel_before_ready_and_complete_refused(chain, session):
     assert session.run("block_job_cancel mj") == ""
     session.wait_gone()
     assert session.trace() == ["created", "running"] + CANCELLED
-    assert check_clean(args["target"])[0]
+    assert check_shared(args["target"])[0]
 
 
 def test_pause_while_ready_is_standby_and_complete_waits_for_resume(chain, session):
@@ -177,7 +177,7 @@ def test_write_blocking_mode_writes_through(chain, session):
     assert (now["len"], now["offset"]) == (job["len"] + 256 * 1024, job["offset"] + 256 * 1024)
     session.qmp("block-job-cancel", {"device": "virtio0"})
     session.wait_gone()
-    assert identical(target, top)[0]
+    assert identical_shared(target, top)[0]
 
 
 def test_raw_source_top_becomes_full_raw_copy(tmp_path, qemu_img):
@@ -191,8 +191,8 @@ def test_raw_source_top_becomes_full_raw_copy(tmp_path, qemu_img):
         assert job["len"] == 4 * MiB
         s.qmp("block-job-complete", {"device": "virtio0"})
         s.wait_gone()
-        assert info(target)["format"] == "raw"
-        assert identical(target, raw, "raw", "raw")[0]
+        assert info_shared(target)["format"] == "raw"
+        assert identical_shared(target, raw, "raw", "raw")[0]
     finally:
         s.close()
 
@@ -214,8 +214,8 @@ def test_existing_target_needs_n_and_n_keeps_its_header(chain, session):
     session.wait_status("ready")
     session.run("block_job_complete virtio0")
     session.wait_gone()
-    assert info(prepared)["backing-filename"] == "mid.qcow2"
-    assert identical(prepared, top)[0]
+    assert info_shared(prepared)["backing-filename"] == "mid.qcow2"
+    assert identical_shared(prepared, top)[0]
 
 
 def test_busy_device_says_what_is_busy(chain, session):
@@ -305,4 +305,4 @@ def test_every_tuning_option_together(chain, session):
                   "desc": "Node 'virtio0' is busy: block device is in use by block job: mirror"}}
     session.qmp("block-job-complete", {"device": "mt"})
     session.wait_gone()
-    assert identical(target, top)[0]
+    assert identical_shared(target, top)[0]

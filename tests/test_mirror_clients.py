@@ -9,8 +9,8 @@ import time
 import pytest
 
 from tests.conftest import ROOT, connect_when_listening
+from tests.mirrorkit import identical_shared, info_shared
 from tests.mirrorkit import TOP_ALLOCATED, MiB, small_chain
-from tests.oracle import identical, info
 
 qmp = pytest.importorskip("qemu.qmp", reason="needs the qemu.qmp client library: pip install qemu.qmp")
 from qemu.qmp.legacy import QEMUMonitorProtocol     # noqa: E402
@@ -46,10 +46,10 @@ def test_script_session_live_copy(tmp_path, qemu_img):
     assert "virtio0 (copy): %s (qcow2)" % target in text
     assert "    Backing file:     mid.qcow2 (chain depth: 2)" in text
     assert not any(line.startswith("Formatting") for line in lines)
-    assert info(target)["backing-filename"] == "mid.qcow2"
+    assert info_shared(target)["backing-filename"] == "mid.qcow2"
     assert lines.index("(qemu) block_job_complete virtio0") < lines.index(json.dumps(events[1])) \
         < lines.index("(qemu) info block")       # the wait lasted until the switch
-    assert identical(target, top)[0]      # the 1 MiB write reached both before the switch
+    assert identical_shared(target, top)[0]      # the 1 MiB write reached both before the switch
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_qmp_client_drive_mirror_complete(qmp_server):
     block = monitor.cmd_raw("query-block")["return"][0]
     assert (block["device"], block["inserted"]["file"]) == ("virtio0", target)
     monitor.cmd_raw("quit")
-    assert identical(target, top)[0]
+    assert identical_shared(target, top)[0]
 
 
 def test_qmp_client_force_cancel_and_errors(qmp_server):

@@ -18,8 +18,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import ROOT, require_qemu, run
+from tests.mirrorkit import identical_shared, check_shared
 from tests.mirrorkit import MiB, Session, small_chain
-from tests.oracle import check_clean, identical
 
 SIZE = 16 * MiB
 
@@ -92,10 +92,10 @@ def test_target_equals_what_the_guest_wrote(tmp_path_factory, sync, copy_mode, f
         s.close()
     # complete: the target holds every write, racing ones included; soft cancel: the
     # target is a copy of the source, which the device still uses.
-    assert identical(target, model_path, "qcow2", "raw")[0]
+    assert identical_shared(target, model_path, "qcow2", "raw")[0]
     if finish == "soft-cancel":
-        assert identical(top, model_path, "qcow2", "raw")[0]
-    assert check_clean(target)[0]
+        assert identical_shared(top, model_path, "qcow2", "raw")[0]
+    assert check_shared(target)[0]
 
 
 CHILD = r"""
@@ -150,9 +150,9 @@ def test_sigkill_leaves_source_intact_and_images_valid(tmp_path):
         lines = child.stdout.read().splitlines()
         child.wait()
         for name in ("base", "mid", "top"):
-            ok, text = check_clean(os.path.join(work, name + ".qcow2"), leaks_ok=True)
+            ok, text = check_shared(os.path.join(work, name + ".qcow2"), leaks_ok=True)
             assert ok, (moment, name, text)
-        assert check_clean(target, leaks_ok=True)[0], (moment, "target")
+        assert check_shared(target, leaks_ok=True)[0], (moment, "target")
         model = bytearray(pristine)
         for line in lines:
             _w, number, offset, path = line.split()
@@ -162,13 +162,13 @@ def test_sigkill_leaves_source_intact_and_images_valid(tmp_path):
         with open(model_path, "wb") as f:
             f.write(model)
         # the write in flight at the kill may or may not have landed in the source
-        same, text = identical(top, model_path, "qcow2", "raw")
+        same, text = identical_shared(top, model_path, "qcow2", "raw")
         if not same and lines:
             number = int(lines[-1].split()[1]) + 1
             apply(model, (number * 7919 % 240) * 65536, 65536, number % 251 + 1)
             with open(model_path, "wb") as f:
                 f.write(model)
-            same, text = identical(top, model_path, "qcow2", "raw")
+            same, text = identical_shared(top, model_path, "qcow2", "raw")
         assert same, (moment, delay, text)
     assert os.path.exists(pristine_model_path)
 
@@ -215,6 +215,6 @@ def test_a_guest_writing_all_the_time_loses_nothing(tmp_path_factory):
         with open(model_path, "wb") as f:
             f.write(model)
         assert count[0] > 10
-        same, text = identical(target, model_path, "qcow2", "raw")
+        same, text = identical_shared(target, model_path, "qcow2", "raw")
         assert same, (copy_mode, text)
-        assert check_clean(target)[0]
+        assert check_shared(target)[0]
