@@ -289,3 +289,19 @@ def test_base_holds_a_writers_locks_only_while_the_commit_runs(bm, chain):
     bm.hmp("block_job_cancel virtio0")
     bm.wait_event(ended("virtio0"))
     assert read_only_open().returncode == 0
+
+
+def test_commit_bench_runs_and_prints_its_rows(tmp_path):
+    """The smoke variant of bench/commit_bench.py: every blockmon row and the merge-cost
+    line appear, with ratios computed from real timings."""
+    import subprocess
+    import sys
+    from tests.conftest import ROOT
+    require_qemu()
+    out = subprocess.run([sys.executable, "-m", "bench.commit_bench", "--size", "64M", "--runs",
+                          "1", "--no-qemu", "--work", str(tmp_path)], cwd=ROOT, check=True,
+                         capture_output=True, text=True).stdout
+    assert "intermediate commit C->A, blockmon durable / qemu-img commit" in out
+    assert "active commit D->A, blockmon durable / qemu-img commit" in out
+    assert "merge onto A (info merge-cost): stream writes" in out
+    assert "QEMU" not in out.split("merge onto A")[0]      # --no-qemu: no QEMU rows
