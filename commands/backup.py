@@ -144,8 +144,13 @@ def _plan_backup(core, top, args):
         decided.update(sync=sync, mode=mode, fmt=fmt)
 
     def create(job_id, events, on_finished, on_error=None, **common):
-        target, decided["close"] = _open_target(top, args["target"], decided["fmt"],
-                                                decided["mode"], decided["sync"])
+        target, close = _open_target(top, args["target"], decided["fmt"], decided["mode"],
+                                     decided["sync"])
+        # The target is a node while the job runs (named after its file, as the
+        # device table names every image): block-export-add can export it.
+        table.add_job_node(target)
+        decided["close"] = lambda: (table.release_job_node(target), close(),
+                                    table.forget_unused_nodes())
         try:
             return BackupJob(job_id, events, top, target, decided["sync"],
                              bitmap=decided["bitmap"], bitmaps=top.dirty_bitmaps,

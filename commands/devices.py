@@ -42,6 +42,10 @@ class DeviceTable:
         self._devices = {}      # name -> Device, in creation order
         self._nodes = {}        # node name -> image
         self._busy = {}         # id(image) -> job type that blocks it
+        # Images open outside any device chain: nodes made by blockdev-add (the
+        # monitor owns them) and the targets of running mirror jobs.
+        self._owned = {}        # node name -> image, blockdev-add's nodes
+        self._job_nodes = []    # images a job keeps open
 
     # -- building -------------------------------------------------------------
     def add_drive(self, device, path, format=None, node_name=None, read_only=False):
@@ -119,8 +123,53 @@ class DeviceTable:
         return None
 
     def all_images(self):
+        """Every open image: device chains, then blockdev-add nodes and job targets (once each)."""
         with self._lock:
-            return [img for dev in self._devices.values() for img in chain_of(dev.top)]
+            roots = [dev.top for dev in self._devices.values()]
+            roots += list(self._owned.values()) + self._job_nodes
+            images, seen = [], set()
+            for root in roots:
+                for img in chain_of(root):
+                    if id(img) not in seen:
+                        seen.add(id(img))
+                        images.append(img)
+            return images
+
+    # -- nodes outside device chains ----------------------------------------------
+    def add_job_node(self, image, node_name=None):
+        """Keep a job's image (a mirror target) open and named until release_job_node."""
+        with self._lock:
+            self._job_nodes.append(image)
+            self.name_chain(image, node_name)
+
+    def release_job_node(self, image):
+        with self._lock:
+            self._job_nodes = [img for img in self._job_nodes if img is not image]
+
+    def add_owned_node(self, image, node_name):
+        """A blockdev-add node: named ``node_name``, open until blockdev-del."""
+        with self._lock:
+            self._owned[node_name] = image
+            self.name_chain(image, node_name)
+
+    def owned_node(self, node_name):
+        with self._lock:
+            return self._owned.get(node_name)
+
+    def remove_owned_node(self, node_name):
+        with self._lock:
+            image = self._owned.pop(node_name)
+            self.close_unused([image])
+
+    def close_unused(self, images):
+        """Close the images (and their chains) that no open chain reaches, forget their names."""
+        with self._lock:
+            live = {id(img) for img in self.all_images()}
+            for root in images:
+                for img in chain_of(root):
+                    if id(img) not in live:
+                        img.close()
+            self.forget_unused_nodes()
 
     def switch_top(self, device, new_top):
         with self._lock:
@@ -159,3 +208,5 @@ class DeviceTable:
                     image.close()
             self._devices.clear()
             self._nodes.clear()
+            self._owned.clear()
+            self._job_nodes = []

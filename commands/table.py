@@ -211,7 +211,7 @@ _SNAPSHOT_SCHEMA = {
 _EXPORT_SCHEMA = {
     "type": "BlockExportType", "id": "str", "*fixed-iothread": "bool", "*iothread": "str",
     "node-name": "str", "*writable": "bool", "*writethrough": "bool", "*name": "str",
-    "*description": "str", "*bitmaps": ["str"], "*allocation-depth": "bool",
+    "*description": "str", "*bitmaps": ["any"], "*allocation-depth": "bool",
 }
 
 QMP_COMMANDS: Tuple[QmpCommand, ...] = (

@@ -103,7 +103,9 @@ class BackupJob(BlockJob):
             for offset, length in runs:
                 self._copy_slow(DATA, offset, length)
             return
-        with self.source.lock, self.target.lock:
+        # The target's lock first: a reader of the target (an NBD export of a sync=none
+        # target) holds it while it reads through to the source.
+        with self.target.lock, self.source.lock:
             extents, rest = [], []
             for offset, length in runs:
                 if any(r.kind != UNALLOCATED for r in self.target.block_status(offset, length)):

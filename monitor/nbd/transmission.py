@@ -17,6 +17,7 @@ import errno
 import socket
 import threading
 
+from commands import export_bitmaps
 from commands.block_backend import allocation_depth, reads_as_zero
 from images.errors import BlockError, ImageIOError
 
@@ -298,15 +299,19 @@ class Connection:
         send(*parts)
 
     def _block_status(self, send, flags, cookie, offset, length) -> None:
-        runs = self.backend.status_above(offset, length)      # one walk for every context
         contexts = list(self.session.contexts.items())
+        bitmaps = dict(self.export.bitmaps)
+        runs = None
+        only_one = flags & p.NBD_CMD_FLAG_REQ_ONE
         for index, (context_id, name) in enumerate(contexts):
-            if name == p.CONTEXT_BASE_ALLOCATION:
-                value = lambda run: 0 if not reads_as_zero(run.kind) else (  # noqa: E731
-                    p.NBD_STATE_HOLE | p.NBD_STATE_ZERO)
+            if name in bitmaps:
+                extents = export_bitmaps.extents(bitmaps[name], offset, length,
+                                                 1 if only_one else MAX_EXTENTS)
             else:
-                value = allocation_depth
-            extents = merged_extents(runs, value, flags & p.NBD_CMD_FLAG_REQ_ONE)
+                if runs is None:        # one walk for both allocation contexts
+                    runs = self.backend.status_above(offset, length)
+                value = allocation_depth if name == p.CONTEXT_ALLOCATION_DEPTH else _allocation
+                extents = merged_extents(runs, value, only_one)
             send(p.block_status_chunk(cookie, context_id, extents, index == len(contexts) - 1))
 
     def _reply_error(self, send, kind, cookie, error, message) -> None:
@@ -317,6 +322,11 @@ class Connection:
                 send(p.simple_reply(error, cookie))
         except OSError:
             self.close()
+
+
+def _allocation(run) -> int:
+    """base:allocation's flags of a run."""
+    return p.NBD_STATE_HOLE | p.NBD_STATE_ZERO if reads_as_zero(run.kind) else 0
 
 
 def merged_extents(runs, value, only_one):
