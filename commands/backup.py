@@ -11,7 +11,7 @@ the same directory).  The job is ``images.jobs.backup.BackupJob``, started throu
 """
 import os
 
-from images.chain import close_chain, open_image
+from images.chain import close_chain, open_image, probe_format
 from images.dirty_bitmap import CHECK_ALLOW_RO
 from images.driver import FORMATS
 from images.jobs.backup import BackupJob
@@ -63,8 +63,6 @@ def _check_job(core, args, job_id):
         raise CommandError("Job ID '%s' already in use" % job_id)
     if args.get("speed", 0) < 0:
         raise CommandError(SPEED_ERROR)
-    if args.get("compress"):
-        raise CommandError("Compressed backups are not supported by blockmon yet")
 
 
 def _backing_for(top, sync, target_path):
@@ -80,9 +78,13 @@ def _backing_for(top, sync, target_path):
     return image, stored
 
 
-def _check_target(table, top, path, fmt, mode, sync):
+def _check_target(table, top, path, fmt, mode, sync, compress=False):
     if fmt is not None and fmt not in FORMATS:
         raise CommandError("Unknown file format '%s'" % fmt)
+    if compress:
+        kind = fmt if fmt is not None else (probe_format(path) if os.path.exists(path) else None)
+        if kind == "raw":       # QEMU's backup_job_create, after creating the target; here before
+            raise CommandError("Compression is not supported for this drive")
     backing, _ = _backing_for(top, sync, path)
     if backing is not None and fmt == "raw":
         raise CommandError("Backing file not supported for file format 'raw'")
@@ -140,7 +142,7 @@ def _plan_backup(core, top, args):
         mode = args.get("mode", "absolute-paths")
         # QEMU: without a format, a new target takes the source's, an existing one is probed
         fmt = args.get("format", None if mode == "existing" else top.format_name)
-        _check_target(table, top, args["target"], fmt, mode, sync)
+        _check_target(table, top, args["target"], fmt, mode, sync, args.get("compress", False))
         decided.update(sync=sync, mode=mode, fmt=fmt)
 
     def create(job_id, events, on_finished, on_error=None, **common):
@@ -156,6 +158,7 @@ def _plan_backup(core, top, args):
                              bitmap=decided["bitmap"], bitmaps=top.dirty_bitmaps,
                              bitmap_mode=decided["bitmap_mode"],
                              target_is_fresh=decided["mode"] != "existing",
+                             compress=args.get("compress", False),
                              on_finished=on_finished,
                              on_source_error=args.get("on-source-error", "report"),
                              on_target_error=args.get("on-target-error", "report"), **common)

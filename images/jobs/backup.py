@@ -11,7 +11,9 @@ clears them, so the target ends up with the disk as it was when the job started.
 Both copies happen under one lock, so a cluster is copied exactly once.  Whole
 clusters of plain data that the target leaves unallocated are copied kernel-side
 with the stream's batch copy (``copy_plan.plan_batch``, ``Qcow2Image.copy_batch``);
-edges, compressed data and wrapped targets go through read and write.
+edges, compressed data and wrapped targets go through read and write, and with
+``compress`` every copy goes through read and ``write_compressed`` (whole clusters,
+deflated by the qcow2 target).
 
 The user's bitmap is frozen while the job runs (new guest writes go to its
 successor).  On success with bitmap-mode on-success or always it then holds only
@@ -38,7 +40,8 @@ class BackupJob(BlockJob):
     job_type = "backup"
 
     def __init__(self, job_id, events, source, target, sync, *, bitmap=None, bitmaps=None,
-                 bitmap_mode="on-success", target_is_fresh=False, on_finished=None,
+                 bitmap_mode="on-success", target_is_fresh=False, compress=False,
+                 on_finished=None,
                  on_source_error="report", on_target_error="report", on_error=None,
                  **job_options):
         # drive-backup has no on-error: the two policies below replace it
@@ -48,6 +51,7 @@ class BackupJob(BlockJob):
         self.bitmap, self.bitmaps, self.bitmap_mode = bitmap, bitmaps, bitmap_mode
         self.cluster = max(BACKUP_CLUSTER, target.cluster_size)
         self.target_is_fresh = target_is_fresh
+        self.compress = compress        # the target offers write_compressed
         self._on_finished = on_finished
         self._copy_lock = threading.Lock()
         self.todo = DirtyBitmap(None, source.virtual_size, self.cluster)
@@ -99,7 +103,7 @@ class BackupJob(BlockJob):
     def _copy_runs(self, runs):
         """Whole clusters of plain data go kernel-side in one batch (the stream's batch
         copy) when the target leaves them unallocated; the rest through read and write."""
-        if not fast_path_top(self.target):
+        if self.compress or not fast_path_top(self.target):
             for offset, length in runs:
                 self._copy_slow(DATA, offset, length)
             return
@@ -124,6 +128,8 @@ class BackupJob(BlockJob):
             if self.target_is_fresh and self.target.backing is None:
                 return          # a new image without backing reads as zeros already
             self.target.write_zeroes(offset, length)
+        elif self.compress:
+            self.target.write_compressed(offset, data)
         else:
             self.target.write(offset, data)
 
