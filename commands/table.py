@@ -202,6 +202,8 @@ _BACKUP_SCHEMA = {
     "*auto-finalize": "bool", "*auto-dismiss": "bool", "target": "str",
     "*format": "str", "*mode": "NewImageMode",
 }
+_NODE_BACKUP_SCHEMA = {key: kind for key, kind in _BACKUP_SCHEMA.items()
+                       if key not in ("*format", "*mode")}
 _BITMAP = {"node": "str", "name": "str"}
 _SNAPSHOT_SCHEMA = {
     "*device": "str", "*node-name": "str", "snapshot-file": "str",
@@ -238,6 +240,7 @@ QMP_COMMANDS: Tuple[QmpCommand, ...] = (
     QmpCommand("x-blockmon-qemu-io", "qmp_handlers.qemu_io", {"device": "str", "command": "str"}),
     QmpCommand("x-blockmon-block-map", "qmp_handlers.block_map", {"device": "str"}),
     QmpCommand("drive-backup", "backup.drive_backup", _BACKUP_SCHEMA),
+    QmpCommand("blockdev-backup", "backup.blockdev_backup", _NODE_BACKUP_SCHEMA),
     QmpCommand("block-dirty-bitmap-add", "bitmaps.add",
                dict(_BITMAP, **{"*granularity": "int", "*persistent": "bool",
                                 "*disabled": "bool"})),
