@@ -1,6 +1,7 @@
 """Malformed images: each bad header field gives one ImageError line naming the file
 and the value; fuzzed header and table bytes give ImageError or a clean result,
 within bounded memory."""
+import errno
 import os
 import struct
 import tempfile
@@ -9,7 +10,7 @@ import tracemalloc
 import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from images.errors import ImageError
+from images.errors import ImageError, ImageIOError
 from images.qcow2 import Qcow2Image, create_qcow2
 from images.qcow2.format import HEADER_FIELDS
 
@@ -166,8 +167,26 @@ def test_fuzzed_header_and_tables(mutations):
             # our one-line refusals, or QEMU's own (qcow2_do_open) in QEMU's words
             assert "\n" not in err.desc and err.desc.startswith(
                 ("Image %s: " % path, "Could not open '%s': " % path))
+        except ImageIOError as err:
+            # A table entry that points past what the file system allows (2^48 on ext4):
+            # the write fails with EFBIG, one line, exactly as qemu-io's 'write failed:
+            # File too large' on the same image.
+            assert err.errno == errno.EFBIG and "\n" not in err.desc
         finally:
             peak = tracemalloc.get_traced_memory()[1]
             tracemalloc.stop()
         assert peak < 16 << 20
         assert os.path.getsize(path) < 4 << 20
+
+
+def test_a_table_entry_past_the_file_system_limit_fails_the_write_with_efbig(tmp_path):
+    """Found by the fuzz test: an L2 entry whose host offset is 2^48 + 40 KiB (byte 12289
+    set to 1). The write fails with one line, as qemu-io's 'write failed: File too large'."""
+    path = str(tmp_path / "efbig.qcow2")
+    good_image(path)
+    with open(path, "r+b") as f:
+        f.seek(12289)
+        f.write(b"\x01")
+    with pytest.raises(ImageIOError) as caught:
+        exercise(path)
+    assert caught.value.errno == errno.EFBIG and caught.value.desc.endswith("File too large")
