@@ -30,10 +30,10 @@ from ..chain import chain_of, extents_above
 from ..driver import DATA, UNALLOCATED, Run
 from ..errors import ImageIOError
 from .blockjob import BlockJob
-from .copy_plan import fast_path_top, plan_batch
+from .copy_plan import Writeback, fast_path_top, plan_batch
 
 BACKUP_CLUSTER = 65536          # QEMU's minimum block-copy cluster
-BACKUP_CHUNK = 1 << 20          # bytes copied under the lock at a time
+BACKUP_CHUNK = 4 << 20          # bytes copied under the lock at a time (as the stream)
 
 
 class BackupJob(BlockJob):
@@ -54,6 +54,7 @@ class BackupJob(BlockJob):
         self.compress = compress        # the target offers write_compressed
         self._on_finished = on_finished
         self._copy_lock = threading.Lock()
+        self._writeback = Writeback()
         self.todo = DirtyBitmap(None, source.virtual_size, self.cluster)
 
     def start(self):
@@ -118,9 +119,12 @@ class BackupJob(BlockJob):
                     extents.extend(extents_above(self.source, None, offset, length))
             fast, slow = plan_batch(extents, [self.target] + chain_of(self.source),
                                     self.target.cluster_size)
-            self.target.copy_batch(fast)
+            written = self.target.copy_batch(fast)
             for run in sorted(rest + slow, key=lambda r: r.offset):
                 self._copy_slow(run.kind, run.offset, run.length)
+            fd = self.target.data_fd() if written[1] else -1
+        # Outside the locks: the flush before BLOCK_JOB_COMPLETED has little left to write.
+        self._writeback.start(fd, *written)
 
     def _copy_slow(self, kind, offset, length):
         data = self.source.read(offset, length) if kind == DATA else bytes(0)
