@@ -156,10 +156,10 @@ class BackupJob(BlockJob):
         while True:
             if not self.checkpoint():
                 return
-            extents = self.todo.extents(pos, None)
-            if not extents:
+            first = self.todo.next_extent(pos)
+            if first is None:
                 return
-            start, length = extents[0][0], BACKUP_CHUNK     # every dirty cluster in the window
+            start, length = first[0], BACKUP_CHUNK     # every dirty cluster in the window
             try:
                 with self._copy_lock:
                     copied = self._copy_locked(start, length)
