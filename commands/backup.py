@@ -109,19 +109,20 @@ def _check_target(table, top, path, fmt, mode, sync, compress=False):
 def _open_target(top, path, fmt, mode, sync):
     """Create (unless existing) and open the target; its backing is linked to the live
     source images, never opened a second time."""
-    path = os.path.abspath(path)
+    typed, path = path, os.path.abspath(path)     # lock errors name the file as typed
     backing, stored = _backing_for(top, sync, path)
     if mode != "existing":
         if fmt == "raw":
-            create_raw(path, top.virtual_size)
+            create_raw(path, top.virtual_size, filename=typed)
         else:
             create_qcow2(path, top.virtual_size, BACKUP_TARGET_CLUSTER, backing_name=stored,
-                         backing_format=backing.format_name if backing is not None else None)
+                         backing_format=backing.format_name if backing is not None else None,
+                         filename=typed)
     if backing is not None:
-        target = Qcow2Image.open(path)
+        target = Qcow2Image.open(path, filename=typed)
         target.backing = backing
         return target, lambda: target.close()
-    target = open_image(path, format=fmt)        # an existing target keeps its own chain
+    target = open_image(path, format=fmt, filename=typed)   # an existing target keeps its chain
     return target, lambda: close_chain(target)
 
 

@@ -47,9 +47,10 @@ class BlockCore:
                       if callable(handler_function(find_qmp_command(name))))
 
     # -- devices ----------------------------------------------------------------
-    def add_drive(self, device, path, format=None, node_name=None, read_only=False):
+    def add_drive(self, device, path, format=None, node_name=None, read_only=False,
+                  locking=True):
         return self.devices.add_drive(device, path, format=format, node_name=node_name,
-                                      read_only=read_only)
+                                      read_only=read_only, locking=locking)
 
     def device_names(self):
         return [dev.name for dev in self.devices.devices()]

@@ -48,13 +48,16 @@ class DeviceTable:
         self._job_nodes = []    # images a job keeps open
 
     # -- building -------------------------------------------------------------
-    def add_drive(self, device, path, format=None, node_name=None, read_only=False):
+    def add_drive(self, device, path, format=None, node_name=None, read_only=False,
+                  locking=True):
         with self._lock:
             if device in self._devices:
                 raise CommandError("Duplicate ID '%s' for drive" % device)
             if node_name is not None and node_name in self._nodes:
                 raise CommandError("Duplicate nodes with node-name='%s'" % node_name)
-            top = open_image(os.path.abspath(path), format=format, read_only=read_only)
+            # Lock errors name the file as typed, as QEMU's do.
+            top = open_image(os.path.abspath(path), format=format, read_only=read_only,
+                             locking=locking, filename=path)
             self.name_chain(top, node_name)
             self._devices[device] = Device(device, top)
             return top

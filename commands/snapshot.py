@@ -5,6 +5,9 @@ nothing.  The switch happens under the device's I/O lock and the old top's lock:
 a guest write either finished in the old top before the switch or goes to the
 new overlay after it.
 If opening the overlay we just created fails, the file is removed again.
+A target file that another process holds (QEMU's lock bytes) is refused before a
+byte of it changes, with QEMU's lock error; the new overlay is then locked as the
+active image, the old top as a backing file.
 A relative file name is opened by its absolute path (relative to the working
 directory), so ``info block`` and ``query-block`` show an absolute name like every
 other image of the chain (QEMU shows what was typed); error messages name the
@@ -44,17 +47,19 @@ def _create_overlay(path, top):
     full = os.path.abspath(path)
     try:
         # The create's own error is the one to report, as QEMU does: ENOENT, ENOTDIR
-        # (a path under a regular file), EACCES, EROFS, EISDIR...
-        os.close(os.open(full, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644))
+        # (a path under a regular file), EACCES, EROFS, EISDIR...  No O_TRUNC: the
+        # file may be another process's image, and create_qcow2 truncates it only
+        # once it holds QEMU's create lock (nothing written when it cannot).
+        os.close(os.open(full, os.O_WRONLY | os.O_CREAT, 0o644))
         create_qcow2(full, top.virtual_size, backing_name=top.path,
-                     backing_format=top.format_name)
+                     backing_format=top.format_name, filename=path)
     except OSError as err:
         raise CommandError("Could not create '%s': %s" % (path, err.strerror)) from err
 
 
 def _open_existing(path):
     try:
-        return Qcow2Image.open(os.path.abspath(path))
+        return Qcow2Image.open(os.path.abspath(path), filename=path)
     except FileNotFoundError as err:
         raise CommandError("Could not open '%s': No such file or directory" % path) from err
     except OSError as err:
@@ -97,7 +102,7 @@ def _make_overlay(table, top, path, fmt, mode):
     _check_not_live(table, top, path)
     _create_overlay(path, top)
     try:
-        return Qcow2Image.open(os.path.abspath(path))
+        return Qcow2Image.open(os.path.abspath(path), filename=path)
     except Exception:
         os.unlink(os.path.abspath(path))
         raise

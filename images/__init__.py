@@ -1,8 +1,8 @@
 """The block layer: qcow2 and raw images, backing chains, block status and block jobs.
 
 Top level: what every layer shares (the driver interface, raw, chains and block
-status, errors, events, the fault injector, dirty bitmaps and the guest's write
-path that marks them).  ``images.qcow2``: the qcow2 format.
+status, image locks, errors, events, the fault injector, dirty bitmaps and the
+guest's write path that marks them).  ``images.qcow2``: the qcow2 format.
 ``images.jobs``: the block-job engine and one module per job kind.
 
 Nothing here imports ``commands`` or ``monitor``; this package knows no terminal,

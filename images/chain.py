@@ -15,7 +15,7 @@ import os
 from typing import Dict, Iterator, List, NamedTuple, Optional
 
 from images.driver import DATA, UNALLOCATED, ZERO, BlockImage, Run
-from images.errors import BlockError, ChainError, ImageError, os_error_text
+from images.errors import BlockError, ChainError, ImageError, ImageLockError, os_error_text
 from images.qcow2.format import QCOW2_MAGIC
 from images.raw import RawImage
 
@@ -55,14 +55,27 @@ def _driver_class(fmt: str, path: str, drivers: Optional[Dict[str, type]]):
     raise ImageError("Could not open '%s': Unknown driver '%s'" % (path, fmt), path=path, value=fmt)
 
 
-def _open_layer(path: str, fmt: Optional[str], read_only: bool, drivers) -> BlockImage:
-    """Open one file in ``fmt`` (probed when None); an explicit qcow2 must have the magic."""
+def _open_layer(path: str, fmt: Optional[str], read_only: bool, drivers,
+                locking: bool = True, filename: Optional[str] = None) -> BlockImage:
+    """Open (and lock) one file in ``fmt`` (probed when None); an explicit qcow2 must
+    have the magic.  ``filename`` is the file as QEMU would name it in a lock error."""
     if fmt is None:
         fmt = probe_format(path)
     elif fmt == "qcow2" and probe_format(path) != "qcow2":
         raise ImageError("Could not open '%s': Image is not in qcow2 format" % path,
                          path=path, value=fmt)
-    return _driver_class(fmt, path, drivers).open(path, read_only=read_only)
+    driver = _driver_class(fmt, path, drivers)
+    if drivers is not None and fmt in drivers:      # test formats have no file to lock
+        return driver.open(path, read_only=read_only)
+    return driver.open(path, read_only=read_only, locking=locking, filename=filename)
+
+
+def qemu_path_combine(base: str, name: str) -> str:
+    """QEMU's path_combine: ``name`` relative to the directory part of ``base`` as
+    written (no normalising), the name QEMU gives a backing file in its messages."""
+    if name.startswith("/"):
+        return name
+    return base[:base.rfind("/") + 1] + name
 
 
 def resolve_backing_path(image: BlockImage) -> Optional[str]:
@@ -83,19 +96,26 @@ def _file_identity(path: str):
 
 
 def open_image(path: str, format: Optional[str] = None, read_only: bool = False,
-               backing_read_only: bool = True, drivers: Optional[Dict[str, type]] = None
-               ) -> BlockImage:
+               backing_read_only: bool = True, drivers: Optional[Dict[str, type]] = None,
+               locking: bool = True, filename: Optional[str] = None) -> BlockImage:
     """Open ``path`` and its whole backing chain, link every ``backing``, return the top.
 
-    ``drivers`` maps extra format names to classes with ``open(path, read_only)``
-    (tests use it for in-memory formats).  On any error every opened file is closed.
+    Every file is locked in its role (the top for its mode, backing files read-only,
+    as QEMU's ``-drive``); ``locking=False`` is ``file.locking=off`` for the whole
+    chain.  ``filename`` is the top as the user named it (default ``path``): lock
+    errors name files as QEMU does.  ``drivers`` maps extra format names to classes
+    with ``open(path, read_only)`` (tests use it for in-memory formats).  On any
+    error every opened file is closed (and so unlocked).
     """
-    top = _open_layer(_absolute(path), format, read_only, drivers)
+    names = [filename or path]
+    top = _open_layer(_absolute(path), format, read_only, drivers, locking, names[0])
     chain = [top]
     try:
         seen = {_file_identity(top.path)}
         while chain[-1].backing_name:
-            chain.append(_open_backing(chain, seen, backing_read_only, drivers))
+            names.append(qemu_path_combine(names[-1], chain[-1].backing_name))
+            chain.append(_open_backing(chain, seen, backing_read_only, drivers,
+                                       locking=locking, filename=names[-1]))
     except BaseException:
         for image in chain:
             image.close()
@@ -103,8 +123,10 @@ def open_image(path: str, format: Optional[str] = None, read_only: bool = False,
     return top
 
 
-def _open_backing(chain: List[BlockImage], seen: set, read_only: bool, drivers) -> BlockImage:
-    """Open the backing file of ``chain[-1]``, link it, and return it."""
+def _open_backing(chain: List[BlockImage], seen: set, read_only: bool, drivers,
+                  locking: bool = True, filename: Optional[str] = None) -> BlockImage:
+    """Open (and lock, unless ``locking`` is false) the backing file of ``chain[-1]``,
+    link it, and return it; ``filename`` names it in lock errors."""
     parent = chain[-1]
     name, target = parent.backing_name, resolve_backing_path(parent)
     try:
@@ -119,7 +141,13 @@ def _open_backing(chain: List[BlockImage], seen: set, read_only: bool, drivers) 
                          % (MAX_CHAIN_DEPTH, _chain_text(chain)),
                          chain=[image.path for image in chain], path=target)
     try:
-        image = _open_layer(target, parent.backing_format or None, read_only, drivers)
+        image = _open_layer(target, parent.backing_format or None, read_only, drivers,
+                            locking, filename)
+    except ImageLockError as err:
+        # QEMU's words and hint; it opens backing files recursively, so each level
+        # between the top and this file says it once more.
+        raise ImageLockError("Could not open backing file: " * len(chain) + err.desc,
+                             err.path) from err
     except ImageError as err:
         raise _backing_error(chain, name, _reason(err, target)) from err
     seen.add(identity)

@@ -7,10 +7,16 @@ ranges this layer does not allocate; ``block_status`` describes this layer alone
 Guest offsets are bytes.  Every public method takes ``self.lock`` (a re-entrant
 lock) for its whole duration, so a caller that holds the lock can make a sequence of
 calls (check status, then write) atomic with respect to other threads.
+
+An open image holds QEMU's lock bytes on its file (``images/locking.py``): the
+role its mode gives it (read-only or read-write) plus what jobs claim on top
+(``claim_permissions``), given back with ``release_permissions``.
 """
 import threading
 from dataclasses import dataclass
-from typing import List, NamedTuple, Optional
+from typing import Dict, List, NamedTuple, Optional
+
+from .locking import READ_ONLY, READ_WRITE, FileLock, Permissions
 
 from .dirty_bitmap import NodeBitmaps
 
@@ -70,6 +76,50 @@ class BlockImage:
         self.before_guest_write: list = []
         self.virtual_size = 0
         self.cluster_size = 512
+        self.file_lock: Optional[FileLock] = None    # the lock bytes of the open file
+        self._claims: Dict[object, Permissions] = {}  # owner (a job) -> what it adds
+
+    # -- image locks ---------------------------------------------------------
+    def wanted_permissions(self, read_only: Optional[bool] = None) -> Permissions:
+        """The role of the mode (``read_only``, default the current one) plus the claims."""
+        if read_only is None:
+            read_only = self.read_only
+        wanted = READ_ONLY if read_only else READ_WRITE
+        for claim in self._claims.values():
+            wanted = wanted.union(claim)
+        return wanted
+
+    def claim_permissions(self, owner, permissions: Permissions) -> None:
+        """Hold ``permissions`` too until ``release_permissions(owner)``; ImageLockError
+        (and nothing held) when another process's locks conflict."""
+        with self.lock:
+            self._claims[owner] = permissions
+            try:
+                self._apply_permissions()
+            except BaseException:
+                del self._claims[owner]
+                raise
+
+    def release_permissions(self, owner) -> None:
+        with self.lock:
+            if self._claims.pop(owner, None) is not None:
+                self._apply_permissions()
+
+    def _apply_permissions(self) -> None:
+        if self.file_lock is not None:
+            self.file_lock.change(self.wanted_permissions())
+
+    def _lock_reopened(self, fd: int, read_only: bool) -> Optional[FileLock]:
+        """The locks for ``fd``, a new descriptor of this file in mode ``read_only``.
+
+        As QEMU's raw_check_perm: the new mode's permissions are taken (and checked)
+        on the old descriptor, then copied to the new one, so the file is never
+        unlocked in between; the caller then closes the old descriptor.
+        """
+        if self.file_lock is None:
+            return None
+        self.file_lock.change(self.wanted_permissions(read_only))
+        return self.file_lock.copy_to(fd)
 
     # -- reads -------------------------------------------------------------
     def read(self, offset: int, length: int) -> bytes:

@@ -3,6 +3,7 @@
     BlockError                 anything the block layer refuses or fails to do
      +-- ImageError            a malformed, unsupported or unusable image file
      |    +-- ChainError       a backing chain that cannot be opened (loop, missing, too deep)
+     |    +-- ImageLockError   another process holds the image (QEMU's lock bytes)
      +-- ImageIOError          an I/O error while reading or writing an image (carries errno)
      |    +-- ImageCorruptError  metadata found impossible while reading (also an ImageError):
      |                         EIO, as QEMU's qcow2_signal_corruption, so job policies apply
@@ -10,7 +11,9 @@
 
 Every error carries ``desc``, the one-line message shown to the user (QEMU's text
 where QEMU has one), plus structured fields naming what went wrong. Mapping to QMP
-error classes happens in exactly one place, ``commands/errors.py``.
+error classes happens in exactly one place, ``commands/errors.py``.  A few errors
+also carry ``hint``, QEMU's second line (``error_append_hint``): the console and
+the command line print it under ``desc``; QMP, like QEMU, sends only ``desc``.
 ``os_error_text`` is the strerror text that messages about a failed OS call quote.
 """
 import errno as _errno
@@ -19,6 +22,8 @@ import os
 
 class BlockError(Exception):
     """Base class: ``desc`` is the one-line, user-facing message."""
+
+    hint = None     # QEMU's second line, printed by the console only
 
     def __init__(self, desc: str):
         super().__init__(desc)
@@ -40,6 +45,15 @@ class ChainError(ImageError):
     def __init__(self, desc: str, chain=(), path: str = None):
         super().__init__(desc, path=path)
         self.chain = list(chain)
+
+
+class ImageLockError(ImageError):
+    """Another opener's lock bytes conflict with the permissions asked for; ``path``
+    is the file as named, and the hint asks QEMU's question about it."""
+
+    def __init__(self, desc: str, path: str):
+        super().__init__(desc, path=path)
+        self.hint = "Is another process using the image [%s]?" % path
 
 
 class ImageIOError(BlockError):

@@ -122,6 +122,12 @@ class FaultInjectingImage(BlockImage):
     def set_read_only(self, read_only: bool) -> None:
         self._inner.set_read_only(read_only)
 
+    def claim_permissions(self, owner, permissions) -> None:
+        self._inner.claim_permissions(owner, permissions)
+
+    def release_permissions(self, owner) -> None:
+        self._inner.release_permissions(owner)
+
     def close(self) -> None:
         self._inner.close()
 

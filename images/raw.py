@@ -14,6 +14,7 @@ from typing import List, Optional
 
 from images.driver import DATA, ZERO, BlockImage, Run
 from images.errors import ImageError, ImageIOError, os_error_text
+from images.locking import CREATE, lock_file
 
 FALLOC_FL_KEEP_SIZE = 0x01   # linux/falloc.h
 FALLOC_FL_PUNCH_HOLE = 0x02
@@ -50,15 +51,23 @@ class RawImage(BlockImage):
         self.virtual_size = os.lseek(fd, 0, os.SEEK_END)   # st_size is 0 for block devices
 
     @classmethod
-    def open(cls, path: str, read_only: bool = False) -> "RawImage":
+    def open(cls, path: str, read_only: bool = False, locking: bool = True,
+             filename: Optional[str] = None) -> "RawImage":
+        """Open and lock ``path`` in the role of its mode; ``filename`` is the name the
+        lock error's hint prints (default ``path``), ``locking=False`` is file.locking=off."""
         try:
             fd = os.open(path, os.O_RDONLY if read_only else os.O_RDWR)
         except OSError as err:
             raise _open_error(path, err) from err
-        if stat.S_ISDIR(os.fstat(fd).st_mode):      # O_RDONLY opens a directory without complaint
+        try:
+            if stat.S_ISDIR(os.fstat(fd).st_mode):  # O_RDONLY opens a directory without complaint
+                raise _open_error(path, IsADirectoryError(errno.EISDIR, "Is a directory"))
+            image = cls(path, fd, read_only)
+            image.file_lock = lock_file(fd, filename or path, image.wanted_permissions(), locking)
+        except BaseException:
             os.close(fd)
-            raise _open_error(path, IsADirectoryError(errno.EISDIR, "Is a directory"))
-        return cls(path, fd, read_only)
+            raise
+        return image
 
     @property
     def fd(self) -> Optional[int]:
@@ -195,17 +204,22 @@ class RawImage(BlockImage):
                 raise ImageError("Could not reopen '%s' %s: %s" % (
                     self.path, "read-only" if read_only else "read-write",
                     os_error_text(err)), path=self.path) from err
-            if read_only:
-                self.flush()
+            try:
+                new_lock = self._lock_reopened(fd, read_only)
+                if read_only:
+                    self.flush()
+            except BaseException:
+                os.close(fd)
+                raise
             os.close(self._fd)
-            self._fd, self.read_only = fd, read_only
+            self._fd, self.read_only, self.file_lock = fd, read_only, new_lock
 
     def close(self) -> None:
         with self.lock:
             if self._fd is None:
                 return
-            fd, self._fd = self._fd, None
-            os.close(fd)
+            fd, self._fd, self.file_lock = self._fd, None, None
+            os.close(fd)        # the kernel drops the lock bytes with the description
 
     def info(self) -> dict:
         with self.lock:
@@ -214,17 +228,21 @@ class RawImage(BlockImage):
                     "actual-size": actual, "dirty-flag": False}
 
 
-def create_raw(path: str, virtual_size: int) -> None:
-    """Create (or truncate) ``path`` as a sparse raw image of ``virtual_size`` bytes."""
+def create_raw(path: str, virtual_size: int, filename: Optional[str] = None) -> None:
+    """Create (or truncate) ``path`` as a sparse raw image of ``virtual_size`` bytes;
+    ImageLockError (naming ``filename``, default ``path``) if another process holds it."""
     if not isinstance(virtual_size, int) or virtual_size < 0:
         raise ImageError("Invalid image size for '%s': %r" % (path, virtual_size), path=path,
                          value=virtual_size)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
     except OSError as err:
         raise ImageError("Could not create '%s': %s" % (path, os_error_text(err)),
                          path=path) from err
     try:
+        # QEMU's raw_co_create: lock and check before the file loses a byte
+        lock_file(fd, filename or path, CREATE)
+        os.ftruncate(fd, 0)
         os.ftruncate(fd, virtual_size)
     except OSError as err:
         raise ImageError("Could not resize '%s' to %d bytes: %s" % (

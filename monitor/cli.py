@@ -35,9 +35,11 @@ def open_drives(core, drives) -> Optional[str]:
     for drive in drives:
         try:
             core.add_drive(drive.device, drive.path, format=drive.format,
-                           node_name=drive.node_name, read_only=drive.read_only)
+                           node_name=drive.node_name, read_only=drive.read_only,
+                           locking=drive.locking)
         except (CommandError, BlockError) as err:
-            return "-drive file=%s: %s" % (drive.path, err.desc)
+            hint = "\n" + err.hint if getattr(err, "hint", None) else ""   # QEMU's second line
+            return "-drive file=%s: %s%s" % (drive.path, err.desc, hint)
         except OSError as err:
             return "-drive file=%s: %s" % (drive.path, err.strerror or err)
     return None

@@ -13,7 +13,7 @@ from images.driver import FORMATS
 from monitor.chardev import ChardevError, ChardevSpec, parse_chardev
 from monitor.option_syntax import parse_bool, split_commas, split_key_value
 
-DRIVE_KEYS = ("file", "if", "index", "id", "format", "node-name", "readonly")
+DRIVE_KEYS = ("file", "if", "index", "id", "format", "node-name", "readonly", "file.locking")
 INTERFACES = ("virtio", "ide", "none")
 IDE_MAX_INDEX = 3          # two buses, two units each, as QEMU's default machine
 VIRTIO_MAX_INDEX = 255
@@ -25,12 +25,14 @@ class UsageError(Exception):
 
 @dataclass(frozen=True)
 class DriveSpec:
-    """One drive to open: ``core.add_drive(device, path, format, node_name, read_only)``."""
+    """One drive to open: ``core.add_drive(device, path, format, node_name, read_only,
+    locking)``; ``locking`` false is QEMU's ``file.locking=off``."""
     device: str
     path: str
     format: Optional[str] = None
     node_name: Optional[str] = None
     read_only: bool = False
+    locking: bool = True
 
 
 @dataclass
@@ -76,6 +78,9 @@ def _check_drive_values(text: str, values: dict) -> None:
         raise UsageError("-drive %s: unknown format '%s' (qcow2 or raw)" % (text, values["format"]))
     if parse_bool(values.get("readonly", "off")) is None:
         raise UsageError("-drive %s: readonly expects on or off, got '%s'" % (text, values["readonly"]))
+    if values.get("file.locking", "auto") not in ("on", "off", "auto"):
+        raise UsageError("-drive %s: file.locking expects on, off or auto, got '%s'"
+                         % (text, values["file.locking"]))
     if "index" in values and not (values["index"].isascii() and values["index"].isdigit()):
         raise UsageError("-drive %s: index expects a number, got '%s'" % (text, values["index"]))
     if values.get("if") == "none" and not values.get("id"):
@@ -119,7 +124,8 @@ def assign_devices(drive_values: List[dict]) -> List[DriveSpec]:
         names.add(name)
         specs.append(DriveSpec(device=name, path=values["file"], format=values.get("format"),
                                node_name=values.get("node-name"),
-                               read_only=bool(parse_bool(values.get("readonly", "off")))))
+                               read_only=bool(parse_bool(values.get("readonly", "off"))),
+                               locking=values.get("file.locking") != "off"))
     return specs
 
 
@@ -224,7 +230,7 @@ A QEMU-monitor console for live block operations on qcow2 backing chains.
 
   IMAGE                  open IMAGE as the next virtio drive (virtio0, virtio1, ...)
   -drive file=PATH[,if=virtio|ide|none][,index=N][,id=NAME][,format=qcow2|raw]
-         [,node-name=NAME][,readonly=on]
+         [,node-name=NAME][,readonly=on][,file.locking=off]
                          open a drive with QEMU's naming (ide index N is ide<N//2>-hd<N%2>)
   -c COMMAND             run a monitor command without a prompt (repeatable)
   -q                     scripted sessions: do not echo "(qemu) <command>"

@@ -42,6 +42,13 @@ def require_tool(name, package=None):
     pytest.skip(message)
 
 
+def require_qemu_system():
+    """Skip (or fail under BLOCKMON_REQUIRE_QEMU=1) unless qemu-system-x86_64, qemu-img
+    and qemu-io exist: the image-lock tests run the real QEMU beside blockmon."""
+    require_qemu()
+    require_tool("qemu-system-x86_64", "qemu-system-x86")
+
+
 def run(*argv, check=True, **kw):
     """Run a command, returning CompletedProcess with text output."""
     return subprocess.run(list(argv), check=check, capture_output=True, text=True, **kw)

@@ -28,8 +28,10 @@ def check_clean(path, leaks_ok=False):
     return result.returncode in allowed and "ERROR" not in result.stdout, result.stdout + result.stderr
 
 
-def identical(path_a, path_b, fmt_a="qcow2", fmt_b="qcow2"):
-    result = qemu_img("compare", "-f", fmt_a, "-F", fmt_b, path_a, path_b)
+def identical(path_a, path_b, fmt_a="qcow2", fmt_b="qcow2", force_share=False):
+    """qemu-img compare; ``force_share`` (-U) reads images a live device holds locked."""
+    share = ["-U"] if force_share else []
+    result = qemu_img("compare", *share, "-f", fmt_a, "-F", fmt_b, path_a, path_b)
     return result.returncode == 0, result.stdout + result.stderr
 
 

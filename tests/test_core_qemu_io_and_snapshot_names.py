@@ -36,7 +36,7 @@ def test_failed_read_pattern_prints_qemu_io_text_and_fails(core, demo):
     result = HmpInterpreter(core).run_line('qemu-io virtio0 "read -P 0x11 0 64k"')
     assert (result.output, result.ok) == (MISMATCH, False)
     # the real qemu-io says the same first line (its second line adds timing we leave out)
-    oracle = run("qemu-io", "-r", "-c", "read -P 0x11 0 64k", os.path.join(demo.directory, "D.qcow2"),
+    oracle = run("qemu-io", "-r", "-U", "-c", "read -P 0x11 0 64k", os.path.join(demo.directory, "D.qcow2"),
                  check=False).stdout
     assert oracle.splitlines()[:2] == MISMATCH.splitlines()
 

@@ -219,7 +219,8 @@ def test_an_export_of_the_top_node_moves_to_the_new_overlay(daemon, tmp_path):
     assert daemon.qmp("query-block-exports")["return"][0]["node-name"] == "E"
     run("qemu-io", "-f", "raw", "-c", "write -P 0x42 0 4K", uri(sock, "D"))
     # the write is in the new overlay; the old top (now read-only backing) is untouched
-    assert "read 4096/4096" in run("qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0x42 0 4K",
+    # -U: the daemon holds the overlay locked for writing (QEMU's image locks)
+    assert "read 4096/4096" in run("qemu-io", "-r", "-U", "-f", "qcow2", "-c", "read -P 0x42 0 4K",
                                    overlay).stdout
     assert "read 4096/4096" in run("qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0xa1 0 4K",
                                    str(tmp_path / "D.qcow2")).stdout

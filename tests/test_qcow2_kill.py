@@ -97,6 +97,8 @@ def test_sigkill_leaves_consistent_image(tmp_path):
         reader = Qcow2Image.open(top, read_only=True)
         reader.backing = Qcow2Image.open(base, read_only=True)
         ours = reader.read(0, SIZE)
+        reader.backing.close()      # its lock would keep the next writer out
+        reader.close()
         raw = str(tmp_path / "top.raw")
         run("qemu-img", "convert", "-O", "raw", top, raw)
         with open(raw, "rb") as f:

@@ -172,14 +172,16 @@ def test_set_backing_reference_round_trip(qemu_img, tmp_path):
     add_unknown_extension(top, payload)
     image = Qcow2Image.open(top)
     image.set_backing_reference("new.qcow2", "qcow2")
-    info = json.loads(run("qemu-img", "info", "--output=json", top).stdout)
+    # -U: the image is open here for writing, and qemu-img respects its lock
+    info = json.loads(run("qemu-img", "info", "-U", "--output=json", top).stdout)
     assert (info["backing-filename"], info["backing-filename-format"]) == ("new.qcow2", "qcow2")
     with open(top, "rb") as f:
         header = parse_header(f.read(65536), top, os.path.getsize(top))
     assert (0x12345678, payload) in header.extensions
     assert any(t == QCOW2_EXT_MAGIC_FEATURE_TABLE for t, _ in header.extensions)
     image.set_backing_reference(None, None)
-    info = json.loads(run("qemu-img", "info", "--output=json", top).stdout)
+    # -U: the image is open here for writing, and qemu-img respects its lock
+    info = json.loads(run("qemu-img", "info", "-U", "--output=json", top).stdout)
     assert "backing-filename" not in info and "backing-filename-format" not in info
     with open(top, "rb") as f:
         header = parse_header(f.read(65536), top, os.path.getsize(top))

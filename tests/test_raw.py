@@ -190,5 +190,6 @@ def test_map_equals_qemu_img_map(qemu_img, tmp_path):
 def test_qemu_io_sees_our_writes(qemu_img, image, raw_path):
     image.write(65536, b"\xab" * 4096)
     image.flush()
-    result = run("qemu-io", "-f", "raw", "-c", "read -P 0xab 65536 4096", raw_path)
+    # -r -U: the image is open here for writing, and qemu-io respects its lock
+    result = run("qemu-io", "-r", "-U", "-f", "raw", "-c", "read -P 0xab 65536 4096", raw_path)
     assert "read 4096/4096 bytes at offset 65536" in result.stdout

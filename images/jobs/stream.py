@@ -11,13 +11,16 @@ On success the top is flushed *before* its header stops naming the old backing
 file (the data must be durable first), then the backing reference is rewritten to
 ``base`` (or dropped) and flushed again.  On cancel or error nothing but the copied
 clusters changes; they equal what the chain returned, so the image stays right.
+While it runs the job holds QEMU's lock bytes of a stream on the top (images/locking.py)
+and gives them back when it ends.
 """
 import os
 import time
 
 from ..chain import chain_of
 from ..driver import UNALLOCATED, ZERO
-from ..errors import ImageIOError
+from ..errors import BlockError, ImageIOError
+from ..locking import JOB_WRITER
 from .blockjob import BlockJob
 from .copy_plan import Writeback, clipped, fast_path_top, next_window, plan_batch, work_extents
 
@@ -70,13 +73,40 @@ class StreamJob(BlockJob):
         if not self.nothing_to_stream:
             self.set_len(top.virtual_size)
 
+    # -- rights on the top ---------------------------------------------------
+    def start(self):
+        """QEMU's stream_start reopens the top read-write and takes the job's rights
+        (a backing file whose header the job rewrites included) before block-stream
+        returns: a conflict with another process refuses the command and no job is
+        left.  clean() gives them back."""
+        with self._lock:
+            self.create()
+        try:
+            self._take_rights()
+        except BlockError:
+            with self._lock:
+                self._transition("null")
+            if self._on_finished is not None:
+                self._on_finished(self)
+            raise
+        super().start()
+
+    def _take_rights(self):
+        top = self.top
+        if self._was_read_only:
+            top.set_read_only(False)
+        try:
+            top.claim_permissions(self, JOB_WRITER)
+        except BaseException:
+            if self._was_read_only:
+                top.set_read_only(True)
+            raise
+
     # -- the body ------------------------------------------------------------
     def run(self):
         top = self.top
         if self.nothing_to_stream:
             return
-        if self._was_read_only:
-            top.set_read_only(False)
         length = self.len
         offset, window, narrow_end = 0, self.batch_size, 0
         while offset < length:
@@ -192,6 +222,7 @@ class StreamJob(BlockJob):
             top.backing = self.base
 
     def clean(self):
+        self.top.release_permissions(self)
         if self._was_read_only and not self.top.read_only:
             self.top.set_read_only(True)
         if self._on_finished is not None:

@@ -12,6 +12,7 @@ from typing import List, Optional
 
 from ..driver import DATA, UNALLOCATED, BlockImage, Run
 from ..errors import ImageError
+from ..locking import CREATE, lock_file
 from .format import (HEADER_STRUCT, MAX_BACKING_NAME, MAX_CLUSTER_BITS,
                            MAX_HEADER_AREA_WRITE, MIN_CLUSTER_BITS, QCOW2_COMPAT_LAZY_REFCOUNTS,
                            QCOW2_COMPRESSION_TYPE_ZSTD, QCOW2_EXT_MAGIC_FEATURE_TABLE, QCOW2_INCOMPAT_CORRUPT,
@@ -41,10 +42,15 @@ class Qcow2Image(Qcow2Bitmaps, Qcow2Writer, BatchWriter, CompressedWriter, Block
         self._last_compressed = (None, b"")
 
     @classmethod
-    def open(cls, path: str, read_only: bool = False) -> "Qcow2Image":
+    def open(cls, path: str, read_only: bool = False, locking: bool = True,
+             filename: Optional[str] = None) -> "Qcow2Image":
+        """Open and lock ``path`` in the role of its mode; ``filename`` is the name the
+        lock error's hint prints (default ``path``), ``locking=False`` is file.locking=off."""
         image = cls(path, read_only)
         image.io = HostFile(path, writable=not read_only)
         try:
+            image.file_lock = lock_file(image.io.fd, filename or path,
+                                        image.wanted_permissions(), locking)
             image._load()
         except BaseException:
             image.io.close()
@@ -177,8 +183,8 @@ class Qcow2Image(Qcow2Bitmaps, Qcow2Writer, BatchWriter, CompressedWriter, Block
                 try:
                     self._store_bitmaps()
                 finally:
-                    self.io.close()
-                    self.io = None
+                    self.io.close()     # the kernel drops the lock bytes with the description
+                    self.io, self.file_lock = None, None
 
     def set_read_only(self, read_only: bool) -> None:
         with self.lock:
@@ -187,12 +193,17 @@ class Qcow2Image(Qcow2Bitmaps, Qcow2Writer, BatchWriter, CompressedWriter, Block
             if not read_only:
                 self._check_can_write()
             io = HostFile(self.path, writable=not read_only)
-            if read_only:
-                self._bitmaps_going_read_only()
-                self.io.fsync()
+            try:
+                new_lock = self._lock_reopened(io.fd, read_only)
+                if read_only:
+                    self._bitmaps_going_read_only()
+                    self.io.fsync()
+            except BaseException:
+                io.close()
+                raise
             self.io.close()
             self.io = self.map.io = self.refcounts.io = io
-            self.read_only = read_only
+            self.read_only, self.file_lock = read_only, new_lock
             if not read_only:
                 self._bitmaps_now_writable()
 
@@ -234,8 +245,8 @@ class Qcow2Image(Qcow2Bitmaps, Qcow2Writer, BatchWriter, CompressedWriter, Block
 
 def create_qcow2(path: str, virtual_size: int, cluster_size: int = 65536,
                  backing_name: Optional[str] = None,
-                 backing_format: Optional[str] = None) -> None:
-    """Create (or truncate) ``path`` as an empty qcow2 v3 image, 16-bit refcounts."""
+                 backing_format: Optional[str] = None, filename: Optional[str] = None) -> None:
+    """Create (or truncate) ``path``: empty qcow2 v3, 16-bit refcounts; held elsewhere: ImageLockError."""
     bits = cluster_size.bit_length() - 1
     if cluster_size != 1 << bits or not MIN_CLUSTER_BITS <= bits <= MAX_CLUSTER_BITS:
         raise image_error(path, "cluster size %d is not a power of two from 512 to 2M"
@@ -271,20 +282,23 @@ def create_qcow2(path: str, virtual_size: int, cluster_size: int = 65536,
                                 header.backing_name, header.raw_tail)
     if len(pack_header_area(with_features)) <= min(cluster_size, MAX_HEADER_AREA_WRITE):
         area = pack_header_area(with_features)
-    _write_new_file(path, area, cluster_size, table_clusters, blocks, total)
+    _write_new_file(path, area, cluster_size, table_clusters, blocks, total, filename or path)
 
 
 def _write_new_file(path: str, area: bytes, cluster_size: int, table_clusters: int,
-                    blocks: int, total: int) -> None:
+                    blocks: int, total: int, filename: str) -> None:
     table = b"".join(((1 + table_clusters + i) * cluster_size).to_bytes(8, "big")
                      for i in range(blocks))
     counts = bytearray(blocks * cluster_size)
     counts[:total * 2] = b"\0\1" * total
     io = None
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)
         os.close(fd)
         io = HostFile(path, writable=True)
+        # QEMU's raw_co_create: lock and check before the file loses a byte
+        lock_file(io.fd, filename, CREATE)
+        os.ftruncate(io.fd, 0)
         io.pwrite(area, 0)
         io.pwrite(table, cluster_size)
         io.pwrite(bytes(counts), (1 + table_clusters) * cluster_size)
