@@ -34,6 +34,7 @@ from .copy_plan import Writeback, fast_path_top, plan_batch
 
 BACKUP_CLUSTER = 65536          # QEMU's minimum block-copy cluster
 BACKUP_CHUNK = 4 << 20          # bytes copied under the lock at a time (as the stream)
+WINDOW_EXTENTS = 64             # separate dirty extents copied under the lock at a time
 
 
 class BackupJob(BlockJob):
@@ -156,10 +157,10 @@ class BackupJob(BlockJob):
         while True:
             if not self.checkpoint():
                 return
-            first = self.todo.next_extent(pos)
-            if first is None:
+            window = self._next_window(pos)
+            if window is None:
                 return
-            start, length = first[0], BACKUP_CHUNK     # every dirty cluster in the window
+            start, length = window
             try:
                 with self._copy_lock:
                     copied = self._copy_locked(start, length)
@@ -173,6 +174,25 @@ class BackupJob(BlockJob):
             self.account_copied(copied)
             self.progress(copied)
             pos = start + length
+
+    def _next_window(self, pos):
+        """(start, length) from the first extent left at or after ``pos``, covering up
+        to BACKUP_CHUNK dirty bytes in at most WINDOW_EXTENTS extents: a sparse bitmap
+        (an incremental backup) is copied in few batches, a dense one in 4 MiB steps."""
+        extent = self.todo.next_extent(pos)
+        if extent is None:
+            return None
+        start, end, dirty = extent[0], extent[0], 0
+        for _ in range(WINDOW_EXTENTS):
+            offset, length = extent
+            take = min(length, BACKUP_CHUNK - dirty)
+            end, dirty = offset + take, dirty + take
+            if take < length or dirty >= BACKUP_CHUNK:
+                break
+            extent = self.todo.next_extent(end)
+            if extent is None:
+                break
+        return start, end - start
 
     # -- completion ----------------------------------------------------------------
     def prepare(self):
