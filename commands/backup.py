@@ -153,8 +153,10 @@ def _plan_backup(core, top, args):
         # The target is a node while the job runs (named after its file, as the
         # device table names every image): block-export-add can export it.
         table.add_job_node(target)
-        decided["close"] = lambda: (table.release_job_node(target), close(),
-                                    table.forget_unused_nodes())
+        def close_target():
+            table.release_job_node(target)
+            core.exports.when_unused(target, lambda: (close(), table.forget_unused_nodes()))
+        decided["close"] = close_target
         try:
             return BackupJob(job_id, events, top, target, decided["sync"],
                              bitmap=decided["bitmap"], bitmaps=top.dirty_bitmaps,

@@ -49,6 +49,7 @@ class ExportTable:
         self.server = None
         self._lock = threading.RLock()
         self._exports = []          # oldest first
+        self._pending = []          # (image, callback): run once no export reads the image
 
     # -- what the NBD server asks -----------------------------------------------------
     def find(self, name):
@@ -175,6 +176,25 @@ class ExportTable:
         self._exports.remove(export)
         export_bitmaps.let_go(export.bitmaps)
         self.core.events.publish("BLOCK_EXPORT_DELETED", {"id": export.id})
+        self._run_pending()
+
+    def when_unused(self, image, callback):
+        """Run ``callback`` now, or once the last export of ``image`` is gone (QEMU: an
+        export holds its node; a backup's scratch image outlives the job while exported)."""
+        with self._lock:
+            if self._exported(image):
+                self._pending.append((image, callback))
+                return
+        callback()
+
+    def _exported(self, image):
+        return any(export.backend.image is image for export in self._exports)
+
+    def _run_pending(self):
+        ready = [(image, cb) for image, cb in self._pending if not self._exported(image)]
+        self._pending = [item for item in self._pending if item not in ready]
+        for _image, callback in ready:
+            callback()
 
     # -- queries --------------------------------------------------------------------
     def query(self, args=None):

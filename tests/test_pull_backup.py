@@ -193,3 +193,37 @@ def test_pull_backup_reads_the_disk_at_its_start_while_the_guest_writes(tmp_path
     finally:
         blockmon.stop()
     assert run("qemu-img", "check", top).returncode == 0
+
+
+def test_scratch_image_outlives_the_job_while_exported(tmp_path):
+    """QEMU's export holds its node: cancelling the sync=none job first leaves the
+    point-in-time view readable (frozen: the guest's later writes no longer reach it
+    through copy-before-write, but neither are they hidden), closed with the export."""
+    require_tool("nbdinfo", "libnbd-bin")
+    top = build_chain(str(tmp_path))
+    blockmon = Blockmon(top, str(tmp_path))
+    try:
+        qmp = blockmon.qmp()
+        at_start = str(tmp_path / "at-start.raw")
+        run("qemu-img", "convert", "-f", "raw", "-O", "raw", blockmon.uri("D"), at_start)
+        overlay = str(tmp_path / "overlay.qcow2")
+        qmp.execute("drive-backup", {"job-id": "pull", "device": "virtio0", "sync": "none",
+                                     "target": overlay, "format": "qcow2"})
+        qmp.execute("block-export-add", {"type": "nbd", "id": "pull", "node-name": "overlay",
+                                         "name": "pull"})
+        run("qemu-io", "-f", "raw", "-c", "write -P 0x51 0 2M", blockmon.uri("D"))
+        qmp.execute("block-job-cancel", {"device": "pull"})
+        qmp.wait_event("BLOCK_JOB_CANCELLED")
+        whole = str(tmp_path / "whole.raw")
+        run("nbdcopy", blockmon.uri("pull"), whole)
+        assert run("qemu-img", "compare", "-f", "raw", "-F", "raw", whole,
+                   at_start).returncode == 0
+        assert qmp.execute("query-block-exports")[0]["node-name"] == "overlay"
+        opened = run("qemu-img", "info", overlay, check=False)       # no backing opened
+        assert "Failed to get shared \"write\" lock" in opened.stderr       # still open
+        qmp.execute("block-export-del", {"id": "pull"})
+        qmp.wait_event("BLOCK_EXPORT_DELETED")
+        closed = run("qemu-img", "info", overlay, check=False)
+        assert closed.returncode == 0, closed.stderr
+    finally:
+        blockmon.stop()
