@@ -197,8 +197,8 @@ def test_pull_backup_reads_the_disk_at_its_start_while_the_guest_writes(tmp_path
 
 def test_scratch_image_outlives_the_job_while_exported(tmp_path):
     """QEMU's export holds its node: cancelling the sync=none job first leaves the
-    point-in-time view readable (frozen: the guest's later writes no longer reach it
-    through copy-before-write, but neither are they hidden), closed with the export."""
+    scratch image open and readable (what copy-before-write saved stays; writes after
+    the cancel would show through, as in QEMU); it closes with the export."""
     require_tool("nbdinfo", "libnbd-bin")
     top = build_chain(str(tmp_path))
     blockmon = Blockmon(top, str(tmp_path))
