@@ -227,3 +227,18 @@ def test_scratch_image_outlives_the_job_while_exported(tmp_path):
         assert closed.returncode == 0, closed.stderr
     finally:
         blockmon.stop()
+
+
+def test_meta_context_queries_as_qemu_nbd():
+    """nbd/server.c's query rules: LIST with ``qemu:`` or ``qemu:dirty-bitmap:`` lists
+    the matching contexts, SET selects only exact names."""
+    from monitor.nbd.negotiation import matching_contexts
+    available = ["base:allocation", "qemu:allocation-depth", "qemu:dirty-bitmap:a",
+                 "qemu:dirty-bitmap:b"]
+    assert matching_contexts(available, ["qemu:dirty-bitmap:"], True) == available[2:]
+    assert matching_contexts(available, ["qemu:"], True) == available[1:]
+    assert matching_contexts(available, [], True) == available
+    assert matching_contexts(available, ["qemu:dirty-bitmap:"], False) == []
+    assert matching_contexts(available, ["qemu:dirty-bitmap:b", "base:allocation"], False) == [
+        "base:allocation", "qemu:dirty-bitmap:b"]
+    assert matching_contexts(available, ["qemu:dirty-bitmap:c"], True) == []
