@@ -13,8 +13,12 @@ chain builder).  For every run both servers serve the chain one after the other
 - ``qemu-img bench -c N -d 8 -s 1M -S 1M``: 1 MiB reads at depth 8, MB/s;
 - ``qemu-img bench -w -c N -d 16 -s 64K -S 64K``: 64 KiB writes at depth 16, MB/s,
   into a fresh overlay on top of the chain (the chain itself is never written).
+- the guest's 4 KiB write latency over NBD (p99) while a full-speed ``block-stream``
+  runs on a copy of the chain (bench/nbd_latency.py); QEMU's number comes from
+  qemu-storage-daemon 7.2 with the same export and client (qemu-nbd runs no jobs).
 
-Prints the best of the runs for each server and the ratio blockmon / qemu-nbd.
+Prints the best of the runs for each server (the latency: the median), the ratio
+blockmon / QEMU, and each row's target with whether it is met.
 """
 import argparse
 import os
@@ -24,6 +28,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from . import nbd_latency
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MiB = 1 << 20
@@ -131,10 +137,27 @@ def write_rows(kind, chain_top, size, work):
     return {"write_64k_MBps": count * 65536 / 1e6 / seconds}
 
 
-ROWS = (("seq_read_s", "nbdcopy whole disk to null: (s, lower is better)", min),
-        ("iops_4k", "4 KiB reads, depth 16 (IOPS)", max),
-        ("read_1m_MBps", "1 MiB reads, depth 8 (MB/s)", max),
-        ("write_64k_MBps", "64 KiB writes, depth 16 (MB/s)", max))
+def latency_rows(kind, chain, work):
+    """p99 of the guest's 4 KiB writes over NBD during a full-speed stream (bench.nbd_latency);
+    QEMU's side is qemu-storage-daemon 7.2 (qemu-nbd runs no jobs), same export, same client."""
+    server = "blockmon" if kind == "blockmon" else "qemu-storage-daemon"
+    result = nbd_latency.measure(server, chain, work)
+    return {"stream_p99_ms": result["stream_p99"] * 1e3}
+
+
+def _median(values):
+    values = sorted(values)
+    return values[len(values) // 2]
+
+
+# key, label, how runs combine, target: ("ratio", "<=", 1.2) on blockmon/qemu, or
+# ("value", "<=", 20) on blockmon's own number; None: no target.
+ROWS = (("seq_read_s", "nbdcopy whole disk to null: (s, best)", min, ("ratio", "<=", 1.2)),
+        ("iops_4k", "4 KiB reads, depth 16 (IOPS, best)", max, ("ratio", ">=", 0.4)),
+        ("read_1m_MBps", "1 MiB reads, depth 8 (MB/s, best)", max, ("ratio", ">=", 0.8)),
+        ("write_64k_MBps", "64 KiB writes, depth 16 (MB/s, best)", max, None),
+        ("stream_p99_ms", "4 KiB write p99 during a full-speed stream (ms, median; "
+         "QEMU: qemu-storage-daemon)", _median, ("value", "<=", 20.0)))
 
 
 def main(argv=None):
@@ -155,6 +178,7 @@ def main(argv=None):
         for kind in ("qemu-nbd", "blockmon"):
             row = read_rows(kind, top, size, work)
             row.update(write_rows(kind, top, size, work))
+            row.update(latency_rows(kind, chain, work))
             results[kind].append(row)
     print_table(results)
     if not args.work:
@@ -163,12 +187,27 @@ def main(argv=None):
 
 
 def print_table(results):
-    print("| row | qemu-nbd | blockmon | ratio |")
-    print("|---|---|---|---|")
-    for key, label, best in ROWS:
-        theirs = best(r[key] for r in results["qemu-nbd"])
-        ours = best(r[key] for r in results["blockmon"])
-        print("| %s | %.3f | %.3f | %.2fx |" % (label, theirs, ours, ours / theirs))
+    print("| row | qemu-nbd | blockmon | ratio | target |")
+    print("|---|---|---|---|---|")
+    for key, label, best, target in ROWS:
+        theirs = best([r[key] for r in results["qemu-nbd"]])
+        ours = best([r[key] for r in results["blockmon"]])
+        print("| %s | %s | %s | %.2fx | %s |" % (label, _number(theirs), _number(ours),
+                                                 ours / theirs, _verdict(target, ours, theirs)))
+
+
+def _number(value):
+    return "%.0f" % value if value >= 100 else "%.3f" % value
+
+
+def _verdict(target, ours, theirs):
+    if target is None:
+        return "-"
+    what, relation, limit = target
+    value = ours / theirs if what == "ratio" else ours
+    met = value <= limit if relation == "<=" else value >= limit
+    text = "%s %s%s" % (relation, limit, "x" if what == "ratio" else "")
+    return "%s %s" % (text, "met" if met else "NOT MET")
 
 
 if __name__ == "__main__":

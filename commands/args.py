@@ -312,6 +312,8 @@ def _parse_flags(cursor: Cursor, specs, start: int, values: dict, command: str) 
         word = cursor.peek_word()
         if not word.startswith("-") or word == "-":
             break
+        if any(flags.get(letter) in values for letter in word[1:]):
+            break       # a flag seen in an earlier word: QEMU reads this word as an argument
         for letter in word[1:]:
             if letter not in flags or flags[letter] in values:
                 raise ParseError("%s: unsupported option -%s" % (command, letter))

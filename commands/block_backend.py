@@ -8,7 +8,10 @@ either a device (and then always reaches the device's *current* top, so after
 ``snapshot_blkdev`` the next request goes to the new overlay) or one fixed node.
 Every request holds the device's ``io_lock`` for its whole duration: a top switch
 waits for requests that picked the old top, and the stream, which checks and
-copies under the top's lock, never overwrites what a guest wrote.
+copies under the top's lock, never overwrites what a guest wrote.  A planned read
+(``plan_read``, NBD's) holds it while it walks the chain and reads what must be read
+under it; the file ranges of read-only layers it leaves to the caller are safe
+without it (see ``commands.read_plan``).  Each backend keeps an ``ExtentCache``.
 
 ``IoStats`` counts the requests as QEMU's block accounting does (``BlockDeviceStats``
 of ``query-blockstats``): bytes, operations, total times, failed and invalid
@@ -16,12 +19,13 @@ requests, the highest write offset and the idle time.
 """
 import threading
 import time
-from typing import List
 
-from images.chain import block_status_above, chain_of
+from images.chain import block_status_above
 from images.driver import DATA, UNALLOCATED
 from images.errors import BlockError, ImageIOError
 from images.guest_io import GuestView
+
+from .read_plan import ExtentCache, ReadPlan, plan_read
 
 READ, WRITE, FLUSH, UNMAP = "rd", "wr", "flush", "unmap"
 _KINDS = (READ, WRITE, FLUSH, UNMAP)
@@ -99,6 +103,7 @@ class BlockBackend:
         self._lock = device.io_lock if device is not None else threading.RLock()
         self.stats = stats if stats is not None else (device.stats if device is not None
                                                       else IoStats())
+        self._extents = ExtentCache()     # for plan_read, under the lock
 
     @property
     def image(self):
@@ -138,25 +143,15 @@ class BlockBackend:
             self._checked(READ, offset, length)
             return self._run(READ, length, 0, self.image.read, offset, length)
 
-    def read_sparse(self, offset: int, length: int) -> List[tuple]:
-        """The range as pieces ``(offset, bytes)`` for data and ``(offset, length)`` for
-        ranges that read as zeros, from one block-status walk (NBD's structured read)."""
+    def plan_read(self, offset: int, length: int) -> ReadPlan:
+        """The range as a ``ReadPlan`` (holes, bytes, file ranges), from one walk of the
+        chain under the lock; the caller sends it and then calls ``plan.close()``.
+        The time counted is the walk's and the reads' under the lock (QEMU counts the
+        block layer's time, not the network's)."""
         with self._lock:
             self._checked(READ, offset, length)
-            return self._run(READ, length, 0, self._sparse_pieces, offset, length)
-
-    def _sparse_pieces(self, offset, length):
-        top = self.image
-        chain = chain_of(top)
-        pieces = []
-        with top.lock:
-            for run in block_status_above(top, None, offset, length):
-                if run.kind == DATA:
-                    # The layer that holds the data answers alone: one pread for a plain run.
-                    pieces.append((run.offset, chain[run.depth].read(run.offset, run.length)))
-                else:
-                    pieces.append((run.offset, run.length))
-        return pieces
+            return self._run(READ, length, 0, plan_read, self.image, offset, length,
+                             self._extents)
 
     def write(self, offset: int, data, fua: bool = False) -> None:
         with self._lock:

@@ -118,6 +118,17 @@ def hmp_block_stream(hmp, args):
     return ""
 
 
+def hmp_drive_mirror(hmp, args):
+    """hmp_drive_mirror: -f is sync=full (else top), -n is mode=existing; unmap on."""
+    qmp = {"device": args["device"], "target": args["target"],
+           "sync": "full" if args.get("full") else "top",
+           "mode": "existing" if args.get("reuse") else "absolute-paths", "unmap": True}
+    if "format" in args:
+        qmp["format"] = args["format"]
+    hmp.core.execute("drive-mirror", qmp)
+    return ""
+
+
 def _job_verb(qmp_name, with_force=False, with_speed=False):
     def adapter(hmp, args):
         qmp = {"device": args["device"]}
@@ -160,6 +171,9 @@ def hmp_quit(hmp, args):
 
 
 def hmp_info_block(hmp, args):
+    if args.get("nodes"):
+        nodes = hmp.core.execute("query-named-block-nodes", {})
+        return info_text.format_nodes(nodes, bool(args.get("verbose")), args.get("device"))
     devices = hmp.core.execute("query-block", {})
     return info_text.format_block(devices, bool(args.get("verbose")), args.get("device"))
 

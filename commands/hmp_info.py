@@ -73,6 +73,14 @@ def format_block(devices: Iterable[dict], verbose: bool = False,
     return "\n".join(blocks)
 
 
+def format_nodes(nodes: Iterable[dict], verbose: bool = False,
+                 node: Optional[str] = None) -> str:
+    """``info block -n``: every named node, newest first, as a device without the device."""
+    blocks = [block_entry({"device": "", "inserted": entry}, verbose) for entry in nodes
+              if node is None or entry["node-name"] == node]
+    return "\n".join(blocks)
+
+
 def block_entry(info: dict, verbose: bool) -> str:
     inserted = info.get("inserted")
     name = info["device"] or (inserted or {}).get("node-name") or "<anonymous>"

@@ -51,10 +51,9 @@ _JOB_DEVICE = {"device": "jobs"}
 
 INFO_COMMANDS: Tuple[HmpCommand, ...] = (
     HmpCommand("version", "", "", "show the version of QEMU", qmp="query-version"),
-    # QEMU also has -n (named nodes); we have no query-named-block-nodes, so the
-    # flag and its mention in the help are left out.
-    HmpCommand("block", "verbose:-v,device:B?", "[-v] [device]",
-               "show info of one block device or all block devices (-v: show details)",
+    HmpCommand("block", "nodes:-n,verbose:-v,device:B?", "[-n] [-v] [device]",
+               "show info of one block device or all block devices "
+               "(-n: show named nodes; -v: show details)",
                qmp="query-block", complete={"device": "devices"}),
     HmpCommand("block-jobs", "", "", "show progress of ongoing block device operations",
                qmp="query-block-jobs"),
@@ -78,6 +77,18 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
     HmpCommand("block_stream", "device:B,speed:o?,base:s?", "device [speed [base]]",
                "copy data from a backing file into a block device", qmp="block-stream",
                complete={"base": "backing"}, word_fallback={"speed": "base"}),
+    HmpCommand("drive_mirror", "reuse:-n,full:-f,device:B,target:s,format:s?",
+               "[-n] [-f] device target [format]",
+               "initiates live storage\n\t\t\t"
+               "migration for a device. The device's contents are\n\t\t\t"
+               "copied to the new image file, including data that\n\t\t\t"
+               "is written after the command is started.\n\t\t\t"
+               "The -n flag requests QEMU to reuse the image found\n\t\t\t"
+               "in new-image-file, instead of recreating it from scratch.\n\t\t\t"
+               "The -f flag requests QEMU to copy the whole disk,\n\t\t\t"
+               "so that the result does not need a backing file.\n\t\t\t",
+               qmp="drive-mirror",
+               complete={"device": "devices", "target": "files", "format": "formats"}),
     HmpCommand("block_job_set_speed", "device:B,speed:o", "device speed",
                "set maximum speed for a background block operation",
                qmp="block-job-set-speed", complete=_JOB_DEVICE),
@@ -155,8 +166,8 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
                "show various information about the system state",
                sub_table=INFO_COMMANDS, complete={"item": "info"}),
     HmpCommand("block_job_wait", "device:B?", "[device]",
-               "wait until the device's block job (or every job) has ended, "
-               "showing progress; Ctrl-C stops waiting (blockmon)",
+               "wait until the device's block job (or every job) has ended "
+               "or is ready to complete, showing progress; Ctrl-C stops waiting (blockmon)",
                ours=True, complete=_JOB_DEVICE),
     HmpCommand("sleep", "seconds:T", "seconds",
                "pause the script for a number of seconds (blockmon)", ours=True),
@@ -174,6 +185,14 @@ ENUMS: Dict[str, Tuple[str, ...]] = {
     "BitmapSyncMode": ("on-success", "never", "always"),
     "BlockExportRemoveMode": ("safe", "hard"),
     "BlockExportType": ("nbd",),
+    "MirrorCopyMode": ("background", "write-blocking"),
+}
+
+_MIRROR_COMMON = {
+    "*job-id": "str", "device": "str", "target": "str", "*replaces": "str",
+    "sync": "MirrorSyncMode", "*speed": "int", "*granularity": "int", "*buf-size": "int",
+    "*on-source-error": "BlockdevOnError", "*on-target-error": "BlockdevOnError",
+    "*copy-mode": "MirrorCopyMode", "*auto-finalize": "bool", "*auto-dismiss": "bool",
 }
 
 
@@ -223,6 +242,18 @@ QMP_COMMANDS: Tuple[QmpCommand, ...] = (
     QmpCommand("query-block", "qmp_handlers.query_block"),
     QmpCommand("query-block-jobs", "qmp_handlers.query_block_jobs"),
     QmpCommand("block-stream", "block_stream.start_stream", _STREAM_SCHEMA),
+    QmpCommand("drive-mirror", "mirror.drive_mirror",
+               dict(_MIRROR_COMMON, **{"*format": "str", "*node-name": "str",
+                                       "*mode": "NewImageMode", "*unmap": "bool"})),
+    QmpCommand("blockdev-mirror", "mirror.blockdev_mirror",
+               dict(_MIRROR_COMMON, **{"*filter-node-name": "str"})),
+    QmpCommand("blockdev-add", "block_nodes.blockdev_add", {
+        "driver": "str", "*node-name": "str", "*file": "any", "*filename": "str",
+        "*backing": "any", "*read-only": "bool", "*auto-read-only": "bool",
+        "*discard": "str", "*cache": "any", "*detect-zeroes": "str", "*force-share": "bool"}),
+    QmpCommand("blockdev-del", "block_nodes.blockdev_del", {"node-name": "str"}),
+    QmpCommand("query-named-block-nodes", "block_nodes.query_named_block_nodes",
+               {"*flat": "bool"}),
     QmpCommand("block-job-set-speed", "qmp_handlers.block_job_set_speed",
                {"device": "str", "speed": "int"}),
     QmpCommand("block-job-cancel", "qmp_handlers.block_job_cancel",

@@ -74,6 +74,9 @@ class BlockImage:
         # Called as f(offset, length) before each guest write, zero write or discard
         # (guest_io.GuestView): a backup copies the old data out first.
         self.before_guest_write: list = []
+        # Called as f(kind, offset, length, data) after each guest write, zero write
+        # or discard, the image's lock held (guest_io.GuestView): a mirror job.
+        self.after_guest_write: list = []
         self.virtual_size = 0
         self.cluster_size = 512
         self.file_lock: Optional[FileLock] = None    # the lock bytes of the open file
@@ -129,6 +132,12 @@ class BlockImage:
     def block_status(self, offset: int, length: int) -> List[Run]:
         """Runs covering exactly [offset, offset+length), adjacent runs of a kind merged."""
         raise NotImplementedError
+
+    def status_generation(self) -> Optional[int]:
+        """A number that changes whenever ``block_status``'s answer may change (a write
+        that allocates, a zero write, a discard), so a caller may keep an answer while
+        the number stays; None when the format makes no such promise."""
+        return None
 
     # -- writes ------------------------------------------------------------
     def write(self, offset: int, data: bytes) -> None:

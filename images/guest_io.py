@@ -6,6 +6,12 @@ everything else pass through; before a write, a zero write or a discard, the nod
 copy-before-write filter), then the node's recording dirty bitmaps are marked (QEMU's
 bdrv_co_write_req_finish -> bdrv_set_dirty).
 Marking before the write means a bit is never missing for data that reached the disk.
+After the write, the node's ``after_guest_write`` notifiers run as
+``f(kind, offset, length, data)`` (kind 'write', 'zero' or 'discard'; data only for
+'write'), with the image's lock held from before the write: a mirror job that
+plans its copy under the same lock can never miss a write (the write either lands
+before the plan or is reported after it), and in write-blocking mode sends the
+bytes on to its target.  They run even when the write failed part way.
 Jobs write to images directly, so their copies (a stream's, which leave the guest's
 view unchanged) mark nothing.
 """
@@ -25,14 +31,27 @@ class GuestView:
             notify(offset, length)
         self.image.dirty_bitmaps.mark(offset, length)
 
+    def _after_write(self, call, kind, offset, length, data=None):
+        with self.image.lock:
+            try:
+                call()
+            finally:
+                for notify in list(self.image.after_guest_write):
+                    notify(kind, offset, length, data)
+
     def write(self, offset: int, data) -> None:
-        self._before_write(offset, len(memoryview(data).cast("B")))
-        self.image.write(offset, data)
+        length = len(memoryview(data).cast("B"))
+        self._before_write(offset, length)
+        if not self.image.after_guest_write:
+            self.image.write(offset, data)
+            return
+        self._after_write(lambda: self.image.write(offset, data), "write", offset, length,
+                          bytes(data))
 
     def write_zeroes(self, offset: int, length: int) -> None:
         self._before_write(offset, length)
-        self.image.write_zeroes(offset, length)
+        self._after_write(lambda: self.image.write_zeroes(offset, length), "zero", offset, length)
 
     def discard(self, offset: int, length: int) -> None:
         self._before_write(offset, length)
-        self.image.discard(offset, length)
+        self._after_write(lambda: self.image.discard(offset, length), "discard", offset, length)

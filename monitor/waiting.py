@@ -10,6 +10,7 @@ import time
 from typing import Callable, List, Optional
 
 from commands.errors import DEVICE_NOT_FOUND, CommandError
+from images.errors import JobError
 
 POLL_INTERVAL = 0.1
 
@@ -27,6 +28,15 @@ def _quitting(core) -> bool:
 
 def _all_paused(infos: List[dict]) -> bool:
     return all(info.get("paused") or info.get("status") in ("paused", "standby") for info in infos)
+
+
+def _all_waiting_for_complete(core, infos: List[dict]) -> bool:
+    """Every job is ready and nobody asked it to finish (a ready mirror runs until
+    block_job_complete or a cancel; once asked, it stays 'ready' until it is in sync)."""
+    jobs = core.jobs() if callable(getattr(core, "jobs", None)) else []
+    finishing = {job.id for job in jobs if getattr(job, "finishing", False)}
+    return all(info.get("status") == "ready" and info.get("device") not in finishing
+               for info in infos)
 
 
 class JobWaiter:
@@ -58,10 +68,18 @@ class JobWaiter:
             if not infos or _quitting(self._core):
                 return ""       # a quit from a monitor server: leaving cancels the jobs
             draw(infos)
+            if _all_waiting_for_complete(self._core, infos):
+                return ""   # a ready mirror waits for block_job_complete: the wait is over
             if _all_paused(infos):
                 return "not waiting: %s paused (block_job_resume to go on)\n" % ", ".join(
                     info["device"] for info in infos)
-            self._core.wait_jobs(job_id, timeout=POLL_INTERVAL)
+            try:
+                self._core.wait_jobs(job_id, timeout=POLL_INTERVAL)
+            except JobError as err:
+                if not err.not_found:
+                    raise
+                # it ended and was dismissed between the query and the wait: the next
+                # query no longer lists it
 
     def _wait_drawing(self, job_id) -> str:
         # rich is imported here, when a terminal watches: scripts (`-c quit`) start without it.

@@ -70,7 +70,7 @@ CORPUS = [
     ("block_job_cancel -F virtio0", "block_job_cancel: unsupported option -F\n" + hint("block_job_cancel")),
     ("block_job_cancel --force virtio0", "block_job_cancel: unsupported option --\n" + hint("block_job_cancel")),
     ("snapshot_blkdev -f virtio0 x.qcow2", "snapshot_blkdev: unsupported option -f\n" + hint("snapshot_blkdev")),
-    ("info block -n", "block: unsupported option -n\n" + hint("info block")),
+    ("info block -x", "block: unsupported option -x\n" + hint("info block")),
     ("qemu-io -x virtio0 map", "qemu-io: unsupported option -x\n" + hint("qemu-io")),
     # quoting
     ("qemu-io virtio0 \"read 0 512", "qemu-io: unterminated string\n" + hint("qemu-io")),

@@ -18,8 +18,9 @@ IDS = [prefix + cmd.primary for cmd, prefix in ALL]
 # QEMU's own params for qemu-io bracket its mandatory arguments ("[-d] [device]
 # \"[command]\""); we keep QEMU's text, so only count and order are checked there.
 BRACKET_QUIRKS = {"qemu-io"}
-# QEMU's drive_backup help ends with "\n\t\t\t" (help shows a tabs-only last line); kept.
-TRAILING_TAB_QUIRKS = {"drive_backup"}
+# QEMU's drive_backup and drive_mirror helps end with "\n\t\t\t" (help shows a tabs-only
+# last line); kept.
+TRAILING_TAB_QUIRKS = {"drive_backup", "drive_mirror"}
 
 
 @pytest.mark.parametrize("cmd, prefix", ALL, ids=IDS)

@@ -169,7 +169,7 @@ def test_info_alone_and_help_info_list_the_subcommands():
     assert listing == run("help info")[0].output
     assert listing.splitlines() == [
         "info version  -- show the version of QEMU",
-        "info block [-v] [device] -- show info of one block device or all block devices (-v: show details)",
+        "info block [-n] [-v] [device] -- show info of one block device or all block devices (-n: show named nodes; -v: show details)",
         "info block-jobs  -- show progress of ongoing block device operations",
         "info blockmap [device] -- show which image of the backing chain holds each part of the "
         "disk, shaded by how much of it (blockmon)",

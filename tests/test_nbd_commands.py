@@ -224,3 +224,21 @@ def test_an_export_of_the_top_node_moves_to_the_new_overlay(daemon, tmp_path):
                                    overlay).stdout
     assert "read 4096/4096" in run("qemu-io", "-r", "-f", "qcow2", "-c", "read -P 0xa1 0 4K",
                                    str(tmp_path / "D.qcow2")).stdout
+
+
+def test_a_client_that_hung_up_does_not_block_a_safe_remove(daemon, tmp_path):
+    """The client sends a 16 MiB WRITE (the whole disk) and hangs up: its thread is still writing when
+    the remove comes, but the client is gone, so a safe remove succeeds (as right after
+    a qemu-io that exits), and the write it sent reached the disk."""
+    from test_nbd_fuzz import RawClient
+    sock = str(tmp_path / "nbd.sock")
+    assert daemon.hmp("nbd_server_start unix:" + sock) == ""
+    assert daemon.hmp("nbd_server_add -w virtio0") == ""
+    client = RawClient(sock)
+    client.go(b"virtio0")
+    client.request(1, 0, 16 << 20, payload=b"\x6b" * (16 << 20))     # NBD_CMD_WRITE
+    client.close()
+    assert daemon.hmp("nbd_server_remove virtio0") == ""
+    assert daemon.exported_events() == ["virtio0"]
+    read = daemon.hmp("qemu-io virtio0 \"read -P 0x6b 0 16M\"")
+    assert "read 16777216/16777216 bytes" in read

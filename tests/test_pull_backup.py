@@ -129,7 +129,28 @@ def slice_of(sock, name, offset, length, path):
         return f.read()
 
 
-def test_pull_backup_reads_the_disk_at_its_start_while_the_guest_writes(tmp_path):
+def drive_backup_view(qmp, tmp_path):
+    """blockmon's short way: drive-backup sync=none makes the scratch image and its node."""
+    qmp.execute("drive-backup", {"job-id": "pull", "device": "virtio0", "sync": "none",
+                                 "target": str(tmp_path / "overlay.qcow2"), "format": "qcow2"})
+    return "overlay", lambda: None
+
+
+def blockdev_backup_view(qmp, tmp_path):
+    """libvirt's way: a scratch qcow2 without backing file, added as a node backed by the
+    device's top, then blockdev-backup sync=none into it; blockdev-del at the end."""
+    scratch = str(tmp_path / "scratch.qcow2")
+    run("qemu-img", "create", "-q", "-f", "qcow2", scratch, str(16 * MiB))
+    qmp.execute("blockdev-add", {"driver": "qcow2", "node-name": "scratch", "backing": "D",
+                                 "file": {"driver": "file", "filename": scratch}})
+    qmp.execute("blockdev-backup", {"job-id": "pull", "device": "virtio0", "sync": "none",
+                                    "target": "scratch"})
+    return "scratch", lambda: qmp.execute("blockdev-del", {"node-name": "scratch"})
+
+
+@pytest.mark.parametrize("view", [drive_backup_view, blockdev_backup_view],
+                         ids=["drive-backup", "blockdev-backup"])
+def test_pull_backup_reads_the_disk_at_its_start_while_the_guest_writes(tmp_path, view):
     """The libvirt workflow: a new bitmap for next time, a sync=none backup into a
     temporary overlay (the point in time), the old bitmap disabled, the overlay exported
     with it; the guest writes through a second, writable export of the device while
@@ -147,12 +168,10 @@ def test_pull_backup_reads_the_disk_at_its_start_while_the_guest_writes(tmp_path
         at_start = str(tmp_path / "at-start.raw")
         run("qemu-img", "convert", "-f", "raw", "-O", "raw", guest, at_start)
         qmp = blockmon.qmp()
-        overlay = str(tmp_path / "overlay.qcow2")
         qmp.execute("block-dirty-bitmap-add", {"node": "virtio0", "name": "bm1"})
-        qmp.execute("drive-backup", {"job-id": "pull", "device": "virtio0", "sync": "none",
-                                     "target": overlay, "format": "qcow2"})
+        node, finish = view(qmp, tmp_path)
         qmp.execute("block-dirty-bitmap-disable", {"node": "virtio0", "name": "bm0"})
-        qmp.execute("block-export-add", {"type": "nbd", "id": "pull", "node-name": "overlay",
+        qmp.execute("block-export-add", {"type": "nbd", "id": "pull", "node-name": node,
                                          "name": "pull", "bitmaps": ["bm0"]})
         # the guest overwrites dirty and clean ranges before and while the backup reads
         run("qemu-io", "-f", "raw", "-c", "write -P 0x31 2M 64K", "-c", "write -P 0x32 0 4M",
@@ -190,6 +209,8 @@ def test_pull_backup_reads_the_disk_at_its_start_while_the_guest_writes(tmp_path
         assert {b["name"]: b["recording"] for b in bitmaps} == {"bm1": True, "bm0": False}
         assert qmp.execute("block-export-del", {"id": "pull"}) == {}
         assert qmp.execute("block-job-cancel", {"device": "pull"}) == {}
+        qmp.wait_event("BLOCK_JOB_CANCELLED")
+        finish()
     finally:
         blockmon.stop()
     assert run("qemu-img", "check", top).returncode == 0

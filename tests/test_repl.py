@@ -47,7 +47,7 @@ def complete(core, text):
     ("block_stream virtio0 6M C", ["C", "C.qcow2"]),
     ("block_stream ide0-hd0 6M ", []),
     ("block_job_cancel -", ["-f"]),
-    ("info block -", ["-v"]),
+    ("info block -", ["-n", "-v"]),
     ("info blockmap i", ["ide0-hd0"]),
     ("info nosuch ", []),
     ("nosuch ", []),

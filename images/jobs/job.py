@@ -281,7 +281,8 @@ class Job:
             return
         resumed_status = self.status
         self.busy = False
-        self._transition("paused")
+        # job_pause_point: a ready job (mirror) parks in 'standby', any other in 'paused'
+        self._transition("standby" if resumed_status == "ready" else "paused")
         while self._pause_count > 0 and not self._cancelled:
             self._wake.wait()
         self.busy = True

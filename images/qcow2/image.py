@@ -168,6 +168,9 @@ class Qcow2Image(Qcow2Bitmaps, Qcow2Writer, BatchWriter, CompressedWriter, Block
     def data_fd(self) -> Optional[int]:
         return None if self.io is None else self.io.fd
 
+    def status_generation(self) -> Optional[int]:
+        return self.map.generation      # bumped by every change of an L1 or L2 entry
+
     def takes_batch_copy(self) -> bool:
         return self.io is not None and not self.read_only
 

@@ -97,6 +97,7 @@ class AddressMap:
         self.l1_offset = l1_offset
         self.l1 = be_array(io.pread(l1_size * 8, l1_offset).ljust(l1_size * 8, b"\0"))
         self.l2_cache = OrderedDict()    # L2 table offset -> bytearray
+        self.generation = 0              # counts changes of L1/L2 entries (block status)
 
     # -- tables ------------------------------------------------------------
     def l2_offset(self, l1_index: int) -> int:
@@ -136,12 +137,14 @@ class AddressMap:
 
     def set_entries(self, l1_index: int, first: int, values) -> None:
         """Write-through update of L2 entries in an existing table (one pwrite)."""
+        self.generation += 1
         offset = self.l2_offset(l1_index)
         table = self.l2_table(offset)
         struct.pack_into(">%dQ" % len(values), table, first * 8, *values)
         self.io.pwrite(bytes(table[first * 8:(first + len(values)) * 8]), offset + first * 8)
 
     def set_l1(self, l1_index: int, value: int) -> None:
+        self.generation += 1
         self.io.pwrite(_U64.pack(value), self.l1_offset + l1_index * 8)
         self.l1[l1_index] = value
 

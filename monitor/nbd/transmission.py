@@ -6,7 +6,9 @@ BLOCK_STATUS it answers itself, holding the replies back while more requests are
 already buffered and sending them in one ``sendmsg``; FLUSH, TRIM and WRITE_ZEROES,
 which may take long, go to the server's worker pool, whose replies go out under the
 connection's send lock as they finish, so replies are out of order.  All block I/O
-goes through the export's ``BlockBackend``.  Memory is bounded: at most
+goes through the export's ``BlockBackend``; a READ is a read plan whose file ranges
+go from the image file to the socket with ``sendfile`` once the device lock is
+released (a reply with one goes out at once).  Memory is bounded: at most
 ``MAX_IN_FLIGHT`` requests and ``MAX_IN_FLIGHT_BYTES`` of payload per connection
 (the reader stops reading, and the socket pushes back).
 
@@ -14,11 +16,13 @@ A bad magic, a WRITE longer than 32 MiB (its payload is not read) or a broken fr
 ends this connection only; any other bad request gets the spec's error reply.
 """
 import errno
+import os
 import socket
 import threading
 
 from commands import export_bitmaps
 from commands.block_backend import allocation_depth, reads_as_zero
+from commands.read_plan import FileRange
 from images.errors import BlockError, ImageIOError
 
 from . import protocol as p
@@ -27,7 +31,6 @@ MAX_IN_FLIGHT = 16
 MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
 MAX_EXTENTS = 128 * 1024            # per BLOCK_STATUS chunk (QEMU sends at most 1 MiB of them)
 READ_BUFFER = 256 * 1024
-SMALL_READ = 64 * 1024              # reads up to this size go out as one data chunk
 REPLY_BATCH_BYTES = 1024 * 1024     # inline replies held back at most this much
 IOV_BATCH = 512                    # below IOV_MAX (1024)
 
@@ -109,37 +112,78 @@ class Wire:
             done += got
 
     def send(self, *parts) -> None:
-        """Headers and data in one sendmsg: no copy of the data into a joined buffer."""
+        """Buffers in one sendmsg per run of them (no copy into a joined buffer); a
+        ``FileRange`` goes from its file to the socket in the kernel (sendfile)."""
         with self.send_lock:
-            pending = [memoryview(part).cast("B") for part in parts if len(part)]
-            while pending:
-                sent = self.sock.sendmsg(pending[:IOV_BATCH])
-                while pending and sent >= len(pending[0]):
-                    sent -= len(pending[0])
-                    pending.pop(0)
-                if pending and sent:
-                    pending[0] = pending[0][sent:]
+            buffers = []
+            for part in parts:
+                if isinstance(part, FileRange):
+                    self._sendmsg(buffers)
+                    buffers = []
+                    self._sendfile(part)
+                elif len(part):
+                    buffers.append(memoryview(part).cast("B"))
+            self._sendmsg(buffers)
+
+    def _sendmsg(self, pending) -> None:
+        while pending:
+            sent = self.sock.sendmsg(pending[:IOV_BATCH])
+            while pending and sent >= len(pending[0]):
+                sent -= len(pending[0])
+                pending.pop(0)
+            if pending and sent:
+                pending[0] = pending[0][sent:]
+
+    def _sendfile(self, part) -> None:
+        out, offset, left = self.sock.fileno(), part.offset, part.length
+        while left:
+            sent = os.sendfile(out, part.fd, offset, left)
+            if not sent:        # the file ends early (a raw file shrank): zeros, as a read
+                self._sendmsg([memoryview(bytes(left))])
+                return
+            offset, left = offset + sent, left - sent
 
 
 class Replies:
     """Replies of inline requests, held back while more requests are already buffered,
-    then sent together: one sendmsg (and one wake-up of the client) for a batch."""
+    then sent together: one sendmsg (and one wake-up of the client) for a batch.
+    Read plans whose file ranges a reply sends are held until it is sent, then closed."""
 
-    def __init__(self, wire):
+    def __init__(self, wire, batch=True):
         self.wire = wire
+        self.batch = batch
         self.parts = []
+        self.plans = []
         self.size = 0
 
     def __call__(self, *parts) -> None:
+        if not self.batch:
+            return self.wire.send(*parts)
         self.parts.extend(parts)
         self.size += sum(len(part) for part in parts)
-        if self.size >= REPLY_BATCH_BYTES or len(self.parts) >= IOV_BATCH:
+        # Data sent from a file costs us no memory and the client waits for it: at once.
+        if (self.size >= REPLY_BATCH_BYTES or len(self.parts) >= IOV_BATCH
+                or any(isinstance(part, FileRange) for part in parts)):
             self.flush()
 
+    def hold(self, plan) -> None:
+        """Close ``plan`` once what was given so far is sent."""
+        self.plans.append(plan)
+        if not self.parts:
+            self.release()
+
     def flush(self) -> None:
-        if self.parts:
-            parts, self.parts, self.size = self.parts, [], 0
-            self.wire.send(*parts)
+        try:
+            if self.parts:
+                parts, self.parts, self.size = self.parts, [], 0
+                self.wire.send(*parts)
+        finally:
+            self.release()
+
+    def release(self) -> None:
+        plans, self.plans = self.plans, []
+        for plan in plans:
+            plan.close()
 
 
 class Connection:
@@ -169,6 +213,7 @@ class Connection:
         except (OSError, EOFError, ValueError):
             return                              # the peer went away, or we closed the socket
         finally:
+            replies.release()
             self._wait_idle()
 
     def _dispatch(self, replies, magic, flags, kind, cookie, offset, length) -> bool:
@@ -192,7 +237,7 @@ class Connection:
         if kind in _INLINE:
             self._handle(replies, flags, kind, cookie, offset, length, payload)
             return True
-        self.pool.submit(self._handle, self.wire.send, flags, kind, cookie, offset, length, payload)
+        self.pool.submit(self._handle, Replies(self.wire, batch=False), flags, kind, cookie, offset, length, payload)
         return True
 
     def _reserve(self, nbytes: int) -> None:
@@ -284,19 +329,16 @@ class Connection:
             return send(p.simple_reply(0, cookie), data)
         if not length:
             return send(p.none_chunk(cookie))
-        if flags & p.NBD_CMD_FLAG_DF or length <= SMALL_READ:
-            # Small reads skip the block-status walk: it costs more than the bytes it saves.
-            data = self.backend.read(offset, length)
-            return send(p.data_chunk_header(cookie, offset, length, True), data)
-        pieces = self.backend.read_sparse(offset, length)
-        parts = []
-        for index, (start, piece) in enumerate(pieces):
-            done = index == len(pieces) - 1
-            if isinstance(piece, int):
-                parts.append(p.hole_chunk(cookie, start, piece, done))
+        plan = self.backend.plan_read(offset, length)     # the walk comes from the cache
+        try:
+            if flags & p.NBD_CMD_FLAG_DF:       # one data chunk: holes as zeros
+                send(p.data_chunk_header(cookie, offset, length, True),
+                     *(bytes(piece.length) if piece.data is None else piece.data
+                       for piece in plan.pieces))
             else:
-                parts += (p.data_chunk_header(cookie, start, len(piece), done), piece)
-        send(*parts)
+                send(*sparse_reply(cookie, plan.pieces))
+        finally:
+            send.hold(plan)
 
     def _block_status(self, send, flags, cookie, offset, length) -> None:
         contexts = list(self.session.contexts.items())
@@ -341,3 +383,24 @@ def merged_extents(runs, value, only_one):
                 break
             extents.append([run.length, flags])
     return [(n, f) for n, f in extents]
+
+
+def sparse_reply(cookie, pieces):
+    """A structured read's chunks: a hole chunk per hole, and one data chunk for each
+    stretch of neighbouring data pieces (whatever layer or file each comes from), so the
+    client reads one header per stretch."""
+    parts, index = [], 0
+    while index < len(pieces):
+        start, size, data = pieces[index]
+        index += 1
+        if data is None:
+            parts.append(p.hole_chunk(cookie, start, size, index == len(pieces)))
+            continue
+        stretch = [data]
+        while index < len(pieces) and pieces[index].data is not None:
+            size += pieces[index].length
+            stretch.append(pieces[index].data)
+            index += 1
+        parts.append(p.data_chunk_header(cookie, start, size, index == len(pieces)))
+        parts += stretch
+    return parts
