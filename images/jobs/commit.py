@@ -25,6 +25,7 @@ to read-only when it ends (unless it became the active image).  ``commit_to_back
 is HMP ``commit``: the active image's data into its backing file, synchronously,
 then the active image emptied.
 """
+import contextlib
 import os
 
 from ..chain import chain_of, extents_above
@@ -62,6 +63,19 @@ def reopen_for_writing(image):
     except ImageError as err:
         reason = err.desc.rsplit(": ", 1)[-1] if ": " in err.desc else err.desc
         raise ImageError("Could not reopen file: %s" % reason, path=image.path) from err
+
+
+@contextlib.contextmanager
+def writable_for_now(image):
+    """``image`` read-write inside the block, and read-only again after it if it was."""
+    was_read_only = image.read_only
+    if was_read_only:
+        reopen_for_writing(image)
+    try:
+        yield image
+    finally:
+        if was_read_only:
+            image.set_read_only(True)
 
 
 class _WritesBase:
@@ -146,17 +160,10 @@ class CommitJob(_WritesBase, RangeCopyJob):
     def prepare(self):
         self.base.flush()   # durable before any header stops naming the layers above it
         overlay = self.overlay
-        with overlay.lock:
-            was_read_only = overlay.read_only
-            if was_read_only:
-                reopen_for_writing(overlay)
-            try:
-                overlay.set_backing_reference(self.new_backing_name, self.new_backing_format)
-                overlay.flush()
-                overlay.backing = self.base
-            finally:
-                if was_read_only:
-                    overlay.set_read_only(True)
+        with overlay.lock, writable_for_now(overlay):
+            overlay.set_backing_reference(self.new_backing_name, self.new_backing_format)
+            overlay.flush()
+            overlay.backing = self.base
 
     def clean(self):
         self._restore_base()
@@ -199,20 +206,13 @@ def commit_to_backing(top, chunk=4 * 1024 * 1024):
     then empty ``top`` (QEMU's bdrv_commit + bdrv_make_empty).  Synchronous: holds
     top's lock, so guest requests wait.  A kill leaves top masking base as before."""
     base = top.backing
-    with top.lock:
-        was_read_only = base.read_only
-        if was_read_only:
-            reopen_for_writing(base)
-        try:
-            for offset in range(0, top.virtual_size, chunk):
-                length = min(chunk, top.virtual_size - offset)
-                _copy_into_base(top, base, committed_extents(top, base, offset, length))
-            base.flush()
-            top.make_empty()
-            top.flush()
-        finally:
-            if was_read_only:
-                base.set_read_only(True)
+    with top.lock, writable_for_now(base):
+        for offset in range(0, top.virtual_size, chunk):
+            length = min(chunk, top.virtual_size - offset)
+            _copy_into_base(top, base, committed_extents(top, base, offset, length))
+        base.flush()
+        top.make_empty()
+        top.flush()
 
 
 def merge_cost(top, base):
