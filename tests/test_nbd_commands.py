@@ -242,3 +242,55 @@ def test_a_client_that_hung_up_does_not_block_a_safe_remove(daemon, tmp_path):
     assert daemon.exported_events() == ["virtio0"]
     read = daemon.hmp("qemu-io virtio0 \"read -P 0x6b 0 16M\"")
     assert "read 16777216/16777216 bytes" in read
+
+
+def _wait_event(daemon, name):
+    deadline = time.monotonic() + 60
+    while not any(e["event"] == name for e in daemon.events):
+        assert time.monotonic() < deadline, "no %s: %r" % (name, daemon.events)
+        daemon.qmp("query-version")     # events sent before this reply are collected
+        time.sleep(0.05)
+
+
+def _reads(path, command, image_format="qcow2"):
+    """qemu-io's verdict on ``command`` (a 'read -P ...') against an image blockmon may hold."""
+    return run("qemu-io", "-r", "-U", "-f", image_format, "-c", command, path, check=False).stdout
+
+
+def _job_ends_with_the_export_on(daemon, sock, start):
+    """Start a job with ``start()``; an NBD client writes once it is READY; complete;
+    the client writes again.  Returns the export's node name after the switch."""
+    start()
+    _wait_event(daemon, "BLOCK_JOB_READY")
+    run("qemu-io", "-f", "raw", "-c", "write -P 0x51 1M 64K", uri(sock, "D"))
+    assert daemon.qmp("block-job-complete", device="virtio0") == {"return": {}}
+    _wait_event(daemon, "BLOCK_JOB_COMPLETED")
+    run("qemu-io", "-f", "raw", "-c", "write -P 0x52 2M 64K", uri(sock, "D"))
+    return daemon.qmp("query-block-exports")["return"][0]["node-name"]
+
+
+def test_an_export_follows_a_mirror_switch(daemon, tmp_path):
+    """A write while the mirror is ready reaches the target; after block-job-complete the
+    export writes to the target only, and the old top stays as it was at the switch."""
+    sock, target, old_top = str(tmp_path / "nbd.sock"), str(tmp_path / "T.qcow2"), str(tmp_path / "D.qcow2")
+    daemon.qmp("nbd-server-start", addr={"type": "unix", "data": {"path": sock}})
+    daemon.qmp("block-export-add", type="nbd", id="top", writable=True, **{"node-name": "D"})
+    start = lambda: daemon.qmp("drive-mirror", device="virtio0", target=target, sync="full", format="qcow2")
+    assert _job_ends_with_the_export_on(daemon, sock, start) == "T"
+    assert "read 65536/65536" in _reads(target, "read -P 0x51 1M 64K")
+    assert "read 65536/65536" in _reads(target, "read -P 0x52 2M 64K")
+    assert "read 65536/65536" in _reads(old_top, "read -P 0x51 1M 64K")
+    assert "Pattern verification failed" in _reads(old_top, "read -P 0x52 2M 64K")
+
+
+def test_an_export_follows_an_active_commit_into_its_base(daemon, tmp_path):
+    """Active commit D -> A: once ready, an NBD write reaches A; after complete the export
+    is on A and writes land there."""
+    sock, base = str(tmp_path / "nbd.sock"), str(tmp_path / "A.qcow2")
+    daemon.qmp("nbd-server-start", addr={"type": "unix", "data": {"path": sock}})
+    daemon.qmp("block-export-add", type="nbd", id="top", writable=True, **{"node-name": "D"})
+    start = lambda: daemon.qmp("block-commit", device="virtio0")
+    assert _job_ends_with_the_export_on(daemon, sock, start) == "A"
+    assert "read 65536/65536" in _reads(base, "read -P 0x51 1M 64K")
+    assert "read 65536/65536" in _reads(base, "read -P 0x52 2M 64K")
+    assert "read 524288/524288" in _reads(base, "read -P 0xd4 512K 512K")     # D's own data, committed
