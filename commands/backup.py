@@ -1,4 +1,5 @@
-"""``drive-backup`` (QMP) and ``drive_backup`` (HMP): checks, target, job start.
+"""``drive-backup`` (QMP), ``drive_backup`` (HMP) and ``blockdev-backup``: checks, target,
+job start.
 
 QEMU 7.2's blockdev.c/backup.c checks and texts, in QEMU's order, with two
 improvements from the reference's "do better" list: every argument is checked
@@ -11,7 +12,7 @@ the same directory).  The job is ``images.jobs.backup.BackupJob``, started throu
 """
 import os
 
-from images.chain import close_chain, open_image
+from images.chain import chain_of, close_chain, open_image, probe_format
 from images.dirty_bitmap import CHECK_ALLOW_RO
 from images.driver import FORMATS
 from images.jobs.backup import BackupJob
@@ -63,8 +64,6 @@ def _check_job(core, args, job_id):
         raise CommandError("Job ID '%s' already in use" % job_id)
     if args.get("speed", 0) < 0:
         raise CommandError(SPEED_ERROR)
-    if args.get("compress"):
-        raise CommandError("Compressed backups are not supported by blockmon yet")
 
 
 def _backing_for(top, sync, target_path):
@@ -80,9 +79,13 @@ def _backing_for(top, sync, target_path):
     return image, stored
 
 
-def _check_target(table, top, path, fmt, mode, sync):
+def _check_target(table, top, path, fmt, mode, sync, compress=False):
     if fmt is not None and fmt not in FORMATS:
         raise CommandError("Unknown file format '%s'" % fmt)
+    if compress:
+        kind = fmt if fmt is not None else (probe_format(path) if os.path.exists(path) else None)
+        if kind == "raw":       # QEMU's backup_job_create, after creating the target; here before
+            raise CommandError("Compression is not supported for this drive")
     backing, _ = _backing_for(top, sync, path)
     if backing is not None and fmt == "raw":
         raise CommandError("Backing file not supported for file format 'raw'")
@@ -141,17 +144,25 @@ def _plan_backup(core, top, args):
         mode = args.get("mode", "absolute-paths")
         # QEMU: without a format, a new target takes the source's, an existing one is probed
         fmt = args.get("format", None if mode == "existing" else top.format_name)
-        _check_target(table, top, args["target"], fmt, mode, sync)
+        _check_target(table, top, args["target"], fmt, mode, sync, args.get("compress", False))
         decided.update(sync=sync, mode=mode, fmt=fmt)
 
     def create(job_id, events, on_finished, on_error=None, **common):
-        target, decided["close"] = _open_target(top, args["target"], decided["fmt"],
-                                                decided["mode"], decided["sync"])
+        target, close = _open_target(top, args["target"], decided["fmt"], decided["mode"],
+                                     decided["sync"])
+        # The target is a node while the job runs (named after its file, as the
+        # device table names every image): block-export-add can export it.
+        table.add_job_node(target)
+        def close_target():
+            table.release_job_node(target)
+            core.exports.when_unused(target, lambda: (close(), table.forget_unused_nodes()))
+        decided["close"] = close_target
         try:
             return BackupJob(job_id, events, top, target, decided["sync"],
                              bitmap=decided["bitmap"], bitmaps=top.dirty_bitmaps,
                              bitmap_mode=decided["bitmap_mode"],
                              target_is_fresh=decided["mode"] != "existing",
+                             compress=args.get("compress", False),
                              on_finished=on_finished,
                              on_source_error=args.get("on-source-error", "report"),
                              on_target_error=args.get("on-target-error", "report"), **common)
@@ -160,6 +171,42 @@ def _plan_backup(core, top, args):
             raise
     return JobPlan(held=[top], create=create, late_check=late_check,
                    cleanup=lambda job: decided["close"]())
+
+
+def blockdev_backup(core, args):
+    """QMP blockdev-backup: drive-backup onto a node of the graph (blockdev-add's)."""
+    kind = JobKind("backup", plan=lambda table, top, device, a: _plan_node_backup(core, top, a))
+    return start_block_job(core, args, kind)
+
+
+def _plan_node_backup(core, top, args):
+    """backup_job_create's checks on the target node, after the source's busy check; the
+    target is held busy with the source and stays open (its owner closes it)."""
+    table, decided = core.devices, {}
+    target = table.lookup(args["target"], args["target"])
+
+    def late_check():
+        _check_job(core, args, default_job_id(table, top, args))
+        sync, decided["bitmap"], decided["bitmap_mode"] = _check_bitmap_arguments(top, args)
+        decided["sync"] = "full" if sync == "top" and top.backing is None else sync
+        if target is top:
+            raise CommandError("Source and target cannot be the same")
+        if args.get("compress") and target.format_name != "qcow2":
+            raise CommandError("Compression is not supported for this drive")
+        if any(target in chain_of(device.top) for device in table.devices()):
+            raise CommandError("Node '%s' is busy: block device is in use" % args["target"])
+        if target.read_only:
+            raise CommandError("Block node is read-only")
+        if target.virtual_size != top.virtual_size:
+            raise CommandError("Source and target image have different sizes")
+
+    def create(job_id, events, on_finished, on_error=None, **common):
+        return BackupJob(job_id, events, top, target, decided["sync"], bitmap=decided["bitmap"],
+                         bitmaps=top.dirty_bitmaps, bitmap_mode=decided["bitmap_mode"],
+                         compress=args.get("compress", False), on_finished=on_finished,
+                         on_source_error=args.get("on-source-error", "report"),
+                         on_target_error=args.get("on-target-error", "report"), **common)
+    return JobPlan(held=[top, target], create=create, late_check=late_check)
 
 
 def hmp_drive_backup(hmp, args):

@@ -121,12 +121,19 @@ def merge(core, args):
 
 
 def _merge_source(core, image, source, index):
-    member = "bitmaps[%d]" % index
     if isinstance(source, str):
         bitmap = image.dirty_bitmaps.find(source)
         if bitmap is None:
             raise CommandError("Dirty bitmap '%s' not found" % source)
         return bitmap
+    check_bitmap_or_str(source, "bitmaps[%d]" % index)
+    return lookup(core, source["node"], source["name"])[1]
+
+
+def check_bitmap_or_str(source, member):
+    """QAPI BlockDirtyBitmapOrStr: a bitmap name, or {node, name} and nothing else."""
+    if isinstance(source, str):
+        return
     if not isinstance(source, dict):
         raise CommandError("Invalid parameter type for '%s', expected: "
                            "BlockDirtyBitmapOrStr" % member)
@@ -139,7 +146,6 @@ def _merge_source(core, image, source, index):
     extra = sorted(set(source) - {"node", "name"})
     if extra:
         raise CommandError("Parameter '%s.%s' is unexpected" % (member, extra[0]))
-    return lookup(core, source["node"], source["name"])[1]
 
 
 def query(core, args):

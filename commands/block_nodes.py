@@ -99,11 +99,14 @@ def _open_format_node(table, args, path, read_only):
 
 def _link_backing(table, image, args):
     backing = args.get("backing", "")
-    if backing is None or not image.backing_name:
+    if backing is None:
         return
     if backing != "":
-        below = table.lookup(backing, backing)
-        image.backing = below
+        # a node given by name is linked whatever the header names (a pull backup's
+        # scratch image is made without a backing file and linked to the live disk)
+        image.backing = table.lookup(backing, backing)
+        return
+    if not image.backing_name:
         return
     image.backing = open_image(resolve_backing_path(image), format=image.backing_format or None,
                                read_only=True)

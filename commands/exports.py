@@ -11,6 +11,8 @@ this table ``find(name)`` and ``list()`` during negotiation.
 """
 import threading
 
+from . import export_bitmaps
+from .bitmaps import check_bitmap_or_str
 from .block_backend import BlockBackend
 from .errors import CommandError
 
@@ -28,6 +30,7 @@ class Export:
         self.description = description or ""
         self.allocation_depth = allocation_depth
         self.writethrough = writethrough
+        self.bitmaps = []           # (context name, DirtyBitmap): export_bitmaps.resolve
         self.shutting_down = False
 
     @property
@@ -46,6 +49,7 @@ class ExportTable:
         self.server = None
         self._lock = threading.RLock()
         self._exports = []          # oldest first
+        self._pending = []          # (image, callback): run once no export reads the image
 
     # -- what the NBD server asks -----------------------------------------------------
     def find(self, name):
@@ -97,23 +101,20 @@ class ExportTable:
         name = args.get("name", device)
         backend = self._backend(device, device)
         writable = args.get("writable", False) and not backend.read_only   # QEMU downgrades
-        if "bitmap" in args:
-            raise CommandError("Bitmap '%s' is not found" % args["bitmap"])
-        self._add(Export(name, name, backend, writable, args.get("description", "")))
+        bitmaps = [args["bitmap"]] if "bitmap" in args else []
+        self._add(Export(name, name, backend, writable, args.get("description", "")), bitmaps)
         return {}
 
     def block_export_add(self, args):
         self._require_server()
         node = args["node-name"]
         name = args.get("name", node)
-        if args.get("bitmaps"):
-            raise CommandError("Bitmap '%s' is not found" % args["bitmaps"][0])
         backend = self._backend(None, node)
         if args.get("writable", False) and backend.read_only:
             raise CommandError("Block node is read-only")
         self._add(Export(args["id"], name, backend, args.get("writable", False),
                          args.get("description", ""), args.get("allocation-depth", False),
-                         args.get("writethrough", False)))
+                         args.get("writethrough", False)), args.get("bitmaps", []))
         return {}
 
     def _require_server(self):
@@ -136,7 +137,7 @@ class ExportTable:
                 return BlockBackend(image=image)
         return BlockBackend(device=owner)
 
-    def _add(self, export):
+    def _add(self, export, bitmaps):
         if len(export.name) > MAX_NAME:
             raise CommandError("export name '%s' too long" % export.name)
         with self._lock:
@@ -144,6 +145,9 @@ class ExportTable:
                 raise CommandError("Block export id '%s' is already in use" % export.id)
             if self.find(export.name) is not None:
                 raise CommandError("NBD server already has export named '%s'" % export.name)
+            export.bitmaps = export_bitmaps.resolve(self.core.devices, export.backend.image,
+                                                    bitmaps, export.writable)
+            export_bitmaps.hold(export.bitmaps)
             self._exports.append(export)
 
     # -- removing -------------------------------------------------------------------
@@ -170,7 +174,27 @@ class ExportTable:
         if self.server is not None:
             self.server.drop_clients(export)
         self._exports.remove(export)
+        export_bitmaps.let_go(export.bitmaps)
         self.core.events.publish("BLOCK_EXPORT_DELETED", {"id": export.id})
+        self._run_pending()
+
+    def when_unused(self, image, callback):
+        """Run ``callback`` now, or once the last export of ``image`` is gone (QEMU: an
+        export holds its node; a backup's scratch image outlives the job while exported)."""
+        with self._lock:
+            if self._exported(image):
+                self._pending.append((image, callback))
+                return
+        callback()
+
+    def _exported(self, image):
+        return any(export.backend.image is image for export in self._exports)
+
+    def _run_pending(self):
+        ready = [(image, cb) for image, cb in self._pending if not self._exported(image)]
+        self._pending = [item for item in self._pending if item not in ready]
+        for _image, callback in ready:
+            callback()
 
     # -- queries --------------------------------------------------------------------
     def query(self, args=None):
@@ -246,6 +270,8 @@ def nbd_server_remove(core, args):
 
 
 def block_export_add(core, args):
+    for index, entry in enumerate(args.get("bitmaps", [])):
+        check_bitmap_or_str(entry, "bitmaps[%d]" % index)
     if "iothread" in args:
         raise CommandError("blockmon has no iothreads")
     return core.exports.block_export_add(args)

@@ -221,6 +221,8 @@ _BACKUP_SCHEMA = {
     "*auto-finalize": "bool", "*auto-dismiss": "bool", "target": "str",
     "*format": "str", "*mode": "NewImageMode",
 }
+_NODE_BACKUP_SCHEMA = {key: kind for key, kind in _BACKUP_SCHEMA.items()
+                       if key not in ("*format", "*mode")}
 _BITMAP = {"node": "str", "name": "str"}
 _SNAPSHOT_SCHEMA = {
     "*device": "str", "*node-name": "str", "snapshot-file": "str",
@@ -230,7 +232,7 @@ _SNAPSHOT_SCHEMA = {
 _EXPORT_SCHEMA = {
     "type": "BlockExportType", "id": "str", "*fixed-iothread": "bool", "*iothread": "str",
     "node-name": "str", "*writable": "bool", "*writethrough": "bool", "*name": "str",
-    "*description": "str", "*bitmaps": ["str"], "*allocation-depth": "bool",
+    "*description": "str", "*bitmaps": ["any"], "*allocation-depth": "bool",
 }
 
 QMP_COMMANDS: Tuple[QmpCommand, ...] = (
@@ -275,6 +277,7 @@ QMP_COMMANDS: Tuple[QmpCommand, ...] = (
     QmpCommand("x-blockmon-qemu-io", "qmp_handlers.qemu_io", {"device": "str", "command": "str"}),
     QmpCommand("x-blockmon-block-map", "qmp_handlers.block_map", {"device": "str"}),
     QmpCommand("drive-backup", "backup.drive_backup", _BACKUP_SCHEMA),
+    QmpCommand("blockdev-backup", "backup.blockdev_backup", _NODE_BACKUP_SCHEMA),
     QmpCommand("block-dirty-bitmap-add", "bitmaps.add",
                dict(_BITMAP, **{"*granularity": "int", "*persistent": "bool",
                                 "*disabled": "bool"})),

@@ -145,6 +145,17 @@ class DirtyBitmap:
                 i += 1
         return out
 
+    def next_extent(self, offset: int) -> Optional[Tuple[int, int]]:
+        """The first dirty ``(offset, length)`` at or after ``offset`` (clipped to it and
+        to the disk), or None: one bisection, whatever the number of extents."""
+        with self._lock:
+            i = bisect_right(self._ends, offset >> self.shift)
+            if i == len(self._starts):
+                return None
+            lo = max(offset, self._starts[i] << self.shift)
+            hi = min(self.size, self._ends[i] << self.shift)
+        return (lo, hi - lo) if hi > lo else None
+
     def is_dirty(self, offset: int) -> bool:
         g = offset >> self.shift
         with self._lock:

@@ -58,6 +58,10 @@ def test_bitmap_matches_a_set_of_granules(ops):
     assert bitmap.extents() == extents_of(dirty, SIZE, GRAN)
     for g in list(dirty)[:5]:
         assert bitmap.is_dirty(g * GRAN + 1)
+    # next_extent: the first extent of what lies at or after an offset
+    for probe in (0, 1, GRAN * 7 + 5, SIZE // 2, SIZE - 1) + tuple(o for _, o, _ in ops[:5]):
+        after = bitmap.extents(probe, SIZE - probe)
+        assert bitmap.next_extent(probe) == (after[0] if after else None)
     # the serialised form round-trips, and has bit j of byte i for granule 8i+j
     data = bitmap.to_bytes(0, 8 * -(-bitmap.granules // 8))
     assert {i * 8 + j for i, byte in enumerate(data) for j in range(8) if byte >> j & 1} == dirty

@@ -11,7 +11,9 @@ clears them, so the target ends up with the disk as it was when the job started.
 Both copies happen under one lock, so a cluster is copied exactly once.  Whole
 clusters of plain data that the target leaves unallocated are copied kernel-side
 with the stream's batch copy (``copy_plan.plan_batch``, ``Qcow2Image.copy_batch``);
-edges, compressed data and wrapped targets go through read and write.
+edges, compressed data and wrapped targets go through read and write, and with
+``compress`` every copy goes through read and ``write_compressed`` (whole clusters,
+deflated by the qcow2 target).
 
 The user's bitmap is frozen while the job runs (new guest writes go to its
 successor).  On success with bitmap-mode on-success or always it then holds only
@@ -28,17 +30,19 @@ from ..chain import chain_of, extents_above
 from ..driver import DATA, UNALLOCATED, Run
 from ..errors import ImageIOError
 from .blockjob import BlockJob
-from .copy_plan import fast_path_top, plan_batch
+from .copy_plan import Writeback, fast_path_top, plan_batch
 
 BACKUP_CLUSTER = 65536          # QEMU's minimum block-copy cluster
-BACKUP_CHUNK = 1 << 20          # bytes copied under the lock at a time
+BACKUP_CHUNK = 4 << 20          # bytes copied under the lock at a time (as the stream)
+WINDOW_EXTENTS = 64             # separate dirty extents copied under the lock at a time
 
 
 class BackupJob(BlockJob):
     job_type = "backup"
 
     def __init__(self, job_id, events, source, target, sync, *, bitmap=None, bitmaps=None,
-                 bitmap_mode="on-success", target_is_fresh=False, on_finished=None,
+                 bitmap_mode="on-success", target_is_fresh=False, compress=False,
+                 on_finished=None,
                  on_source_error="report", on_target_error="report", on_error=None,
                  **job_options):
         # drive-backup has no on-error: the two policies below replace it
@@ -48,8 +52,10 @@ class BackupJob(BlockJob):
         self.bitmap, self.bitmaps, self.bitmap_mode = bitmap, bitmaps, bitmap_mode
         self.cluster = max(BACKUP_CLUSTER, target.cluster_size)
         self.target_is_fresh = target_is_fresh
+        self.compress = compress        # the target offers write_compressed
         self._on_finished = on_finished
         self._copy_lock = threading.Lock()
+        self._writeback = Writeback()
         self.todo = DirtyBitmap(None, source.virtual_size, self.cluster)
 
     def start(self):
@@ -99,11 +105,13 @@ class BackupJob(BlockJob):
     def _copy_runs(self, runs):
         """Whole clusters of plain data go kernel-side in one batch (the stream's batch
         copy) when the target leaves them unallocated; the rest through read and write."""
-        if not fast_path_top(self.target):
+        if self.compress or not fast_path_top(self.target):
             for offset, length in runs:
                 self._copy_slow(DATA, offset, length)
             return
-        with self.source.lock, self.target.lock:
+        # The target's lock first: a reader of the target (an NBD export of a sync=none
+        # target) holds it while it reads through to the source.
+        with self.target.lock, self.source.lock:
             extents, rest = [], []
             for offset, length in runs:
                 if any(r.kind != UNALLOCATED for r in self.target.block_status(offset, length)):
@@ -112,9 +120,12 @@ class BackupJob(BlockJob):
                     extents.extend(extents_above(self.source, None, offset, length))
             fast, slow = plan_batch(extents, [self.target] + chain_of(self.source),
                                     self.target.cluster_size)
-            self.target.copy_batch(fast)
+            written = self.target.copy_batch(fast)
             for run in sorted(rest + slow, key=lambda r: r.offset):
                 self._copy_slow(run.kind, run.offset, run.length)
+            fd = self.target.data_fd() if written[1] else -1
+        # Outside the locks: the flush before BLOCK_JOB_COMPLETED has little left to write.
+        self._writeback.start(fd, *written)
 
     def _copy_slow(self, kind, offset, length):
         data = self.source.read(offset, length) if kind == DATA else bytes(0)
@@ -122,6 +133,8 @@ class BackupJob(BlockJob):
             if self.target_is_fresh and self.target.backing is None:
                 return          # a new image without backing reads as zeros already
             self.target.write_zeroes(offset, length)
+        elif self.compress:
+            self.target.write_compressed(offset, data)
         else:
             self.target.write(offset, data)
 
@@ -144,10 +157,10 @@ class BackupJob(BlockJob):
         while True:
             if not self.checkpoint():
                 return
-            extents = self.todo.extents(pos, None)
-            if not extents:
+            window = self._next_window(pos)
+            if window is None:
                 return
-            start, length = extents[0][0], BACKUP_CHUNK     # every dirty cluster in the window
+            start, length = window
             try:
                 with self._copy_lock:
                     copied = self._copy_locked(start, length)
@@ -161,6 +174,25 @@ class BackupJob(BlockJob):
             self.account_copied(copied)
             self.progress(copied)
             pos = start + length
+
+    def _next_window(self, pos):
+        """(start, length) from the first extent left at or after ``pos``, covering up
+        to BACKUP_CHUNK dirty bytes in at most WINDOW_EXTENTS extents: a sparse bitmap
+        (an incremental backup) is copied in few batches, a dense one in 4 MiB steps."""
+        extent = self.todo.next_extent(pos)
+        if extent is None:
+            return None
+        start, end, dirty = extent[0], extent[0], 0
+        for _ in range(WINDOW_EXTENTS):
+            offset, length = extent
+            take = min(length, BACKUP_CHUNK - dirty)
+            end, dirty = offset + take, dirty + take
+            if take < length or dirty >= BACKUP_CHUNK:
+                break
+            extent = self.todo.next_extent(end)
+            if extent is None:
+                break
+        return start, end - start
 
     # -- completion ----------------------------------------------------------------
     def prepare(self):

@@ -24,12 +24,13 @@ from .overlap import MetadataIndex
 from .refcount import RefcountManager
 from .tables import COMPRESSED, AddressMap, HostFile, merged
 from .batch import BatchWriter
+from .compress import CompressedWriter
 from .writer import Qcow2Writer
 
 READ_CHUNK = 1 << 22     # bound on one backing read while filling a request
 
 
-class Qcow2Image(Qcow2Bitmaps, Qcow2Writer, BatchWriter, BlockImage):
+class Qcow2Image(Qcow2Bitmaps, Qcow2Writer, BatchWriter, CompressedWriter, BlockImage):
     """One qcow2 file (version 2 or 3) of a backing chain."""
 
     format_name = "qcow2"

@@ -45,7 +45,7 @@ def contexts_of(export):
     names = [p.CONTEXT_BASE_ALLOCATION]
     if export.allocation_depth:
         names.append(p.CONTEXT_ALLOCATION_DEPTH)
-    return names
+    return names + [context for context, _bitmap in export.bitmaps]
 
 
 class _Haggler:
@@ -186,13 +186,16 @@ class _Haggler:
 
 def matching_contexts(available, queries, listing):
     """The contexts the queries select, in the export's order.  LIST with no query
-    (or a bare namespace like ``qemu:``) lists all of them; SET with none selects none."""
+    (or a bare namespace like ``qemu:``, or ``qemu:dirty-bitmap:`` for every bitmap)
+    lists all of them; SET with none selects none."""
     if not queries:
         return list(available) if listing else []
     chosen = []
     for context in available:
-        namespace = context.split(":", 1)[0] + ":"
-        if any(q == context or (listing and q == namespace) for q in queries):
+        prefixes = {context.split(":", 1)[0] + ":"}
+        if context.startswith(p.CONTEXT_DIRTY_BITMAP):
+            prefixes.add(p.CONTEXT_DIRTY_BITMAP)
+        if any(q == context or (listing and q in prefixes) for q in queries):
             chosen.append(context)
     return chosen
 

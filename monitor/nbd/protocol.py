@@ -86,6 +86,7 @@ NBD_REPLY_TYPE_ERROR = (1 << 15) + 1
 
 NBD_STATE_HOLE = 1 << 0                 # base:allocation
 NBD_STATE_ZERO = 1 << 1
+NBD_STATE_DIRTY = 1 << 0                # qemu:dirty-bitmap:NAME
 
 # NBD error values (proto.md "Error values"), not the host's errno numbers
 NBD_EPERM = 1
@@ -102,6 +103,7 @@ NBD_MAX_STRING_SIZE = 4096              # export names, descriptions, context na
 
 CONTEXT_BASE_ALLOCATION = "base:allocation"
 CONTEXT_ALLOCATION_DEPTH = "qemu:allocation-depth"
+CONTEXT_DIRTY_BITMAP = "qemu:dirty-bitmap:"      # + the bitmap's name
 
 HANDSHAKE = struct.Struct(">QQH")       # NBDMAGIC, IHAVEOPT, handshake flags
 CLIENT_FLAGS = struct.Struct(">I")

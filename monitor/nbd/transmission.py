@@ -20,15 +20,14 @@ import os
 import socket
 import threading
 
-from commands.block_backend import allocation_depth, reads_as_zero
 from commands.read_plan import FileRange
 from images.errors import BlockError, ImageIOError
 
 from . import protocol as p
+from .block_status import BlockStatus
 
 MAX_IN_FLIGHT = 16
 MAX_IN_FLIGHT_BYTES = 64 * 1024 * 1024
-MAX_EXTENTS = 128 * 1024            # per BLOCK_STATUS chunk (QEMU sends at most 1 MiB of them)
 READ_BUFFER = 256 * 1024
 REPLY_BATCH_BYTES = 1024 * 1024     # inline replies held back at most this much
 IOV_BATCH = 512                    # below IOV_MAX (1024)
@@ -340,16 +339,12 @@ class Connection:
             send.hold(plan)
 
     def _block_status(self, send, flags, cookie, offset, length) -> None:
-        runs = self.backend.status_above(offset, length)      # one walk for every context
         contexts = list(self.session.contexts.items())
+        answer = BlockStatus(self.backend, self.export, offset, length,
+                             flags & p.NBD_CMD_FLAG_REQ_ONE)
         for index, (context_id, name) in enumerate(contexts):
-            if name == p.CONTEXT_BASE_ALLOCATION:
-                value = lambda run: 0 if not reads_as_zero(run.kind) else (  # noqa: E731
-                    p.NBD_STATE_HOLE | p.NBD_STATE_ZERO)
-            else:
-                value = allocation_depth
-            extents = merged_extents(runs, value, flags & p.NBD_CMD_FLAG_REQ_ONE)
-            send(p.block_status_chunk(cookie, context_id, extents, index == len(contexts) - 1))
+            send(p.block_status_chunk(cookie, context_id, answer.extents(name),
+                                      index == len(contexts) - 1))
 
     def _reply_error(self, send, kind, cookie, error, message) -> None:
         try:
@@ -359,20 +354,6 @@ class Connection:
                 send(p.simple_reply(error, cookie))
         except OSError:
             self.close()
-
-
-def merged_extents(runs, value, only_one):
-    """(length, flags) descriptors, neighbours with one value merged, at most MAX_EXTENTS."""
-    extents = []
-    for run in runs:
-        flags = value(run)
-        if extents and extents[-1][1] == flags:
-            extents[-1][0] += run.length
-        else:
-            if len(extents) >= (1 if only_one else MAX_EXTENTS):
-                break
-            extents.append([run.length, flags])
-    return [(n, f) for n, f in extents]
 
 
 def sparse_reply(cookie, pieces):
