@@ -107,7 +107,8 @@ def _recorded_finalize_sequence():
     return sequence[sequence.index("waiting"):]
 
 
-def test_auto_finalize_off_switches_at_job_finalize_with_qemus_events(chain, session):
+@pytest.mark.parametrize("finalize", ["job-finalize", "block-job-finalize"])
+def test_auto_finalize_off_switches_at_job_finalize_with_qemus_events(chain, session, finalize):
     directory, top = chain
     target = os.path.join(directory, "fin.qcow2")
     assert session.qmp("drive-mirror", {"device": "virtio0", "target": target, "sync": "full",
@@ -122,7 +123,7 @@ def test_auto_finalize_off_switches_at_job_finalize_with_qemus_events(chain, ses
     assert session.run('qemu-io virtio0 "write -P 0x4d 6M 128k"') == \
         "wrote 131072/131072 bytes at offset 6291456\n"
     sequence = session.trace()
-    assert session.qmp("job-finalize", {"id": "kept"}) == {}
+    assert session.qmp(finalize, {"id": "kept"}) == {}
     assert session.run("info block").startswith("virtio0 (fin): %s (qcow2)\n" % target)
     sequence += ["job-finalize"] + session.trace()
     assert session.qmp("job-dismiss", {"id": "kept"}) == {}
@@ -134,7 +135,7 @@ def test_auto_finalize_off_switches_at_job_finalize_with_qemus_events(chain, ses
     assert identical_shared(target, top)[0]
 
 
-def test_block_job_finalize_cancel_while_pending_does_not_switch(chain, session):
+def test_cancel_while_pending_does_not_switch(chain, session):
     directory, top = chain
     target = os.path.join(directory, "nofin.qcow2")
     session.qmp("drive-mirror", {"device": "virtio0", "target": target, "sync": "full",
