@@ -59,21 +59,6 @@ def _qemu_io(path, commands):
         subprocess.run(argv + [path], check=True, stdout=subprocess.DEVNULL)
 
 
-def _wait_socket(path, process):
-    import socket
-    while True:
-        if process.poll() is not None:
-            raise RuntimeError("server exited: %s" % process.stderr.read())
-        probe = socket.socket(socket.AF_UNIX)
-        try:
-            probe.connect(path)
-            return
-        except (FileNotFoundError, ConnectionRefusedError):
-            time.sleep(0.05)
-        finally:
-            probe.close()
-
-
 class Server:
     """qemu-nbd or blockmon serving ``top`` on a unix socket as export ``D``."""
 
@@ -91,7 +76,7 @@ class Server:
                     "type=nbd,id=D,node-name=virtio0,name=D,writable=%s" % ("on" if writable else "off")]
         self.process = subprocess.Popen(argv, cwd=ROOT, stdin=subprocess.DEVNULL,
                                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-        _wait_socket(self.sock, self.process)
+        nbd_latency.wait_socket(self.sock, self.process)
         self.uri = "nbd+unix:///D?socket=%s" % self.sock
 
     def stop(self):

@@ -119,7 +119,7 @@ def measure(kind, chain, work):
     process, sock, qmp_path = start_server(kind, os.path.join(copy, "D.qcow2"), copy)
     try:
         qmp = QmpWire(qmp_path)
-        _wait_socket(sock, process)
+        wait_socket(sock, process)
         client = NbdWriter(sock, "D")
         rng = random.Random(1)
         idle = timed_writes(client, size, rng, count=500)
@@ -145,7 +145,8 @@ def _virtual_size(path):
     return json.loads(info)["virtual-size"]
 
 
-def _wait_socket(path, process):
+def wait_socket(path, process):
+    """Return once ``path`` accepts a connection; RuntimeError if ``process`` exits first."""
     while True:
         if process.poll() is not None:
             raise RuntimeError("server exited: %s" % process.stderr.read())

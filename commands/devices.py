@@ -186,6 +186,10 @@ class DeviceTable:
                 raise CommandError("Node '%s' is busy: block device is in use by block job: %s"
                                    % (self.display_name(image), job_type))
 
+    def is_busy(self, image):
+        with self._lock:
+            return id(image) in self._busy
+
     def display_name(self, image):
         dev = self.device_of(image)
         return dev.name if dev is not None else (image.node_name or image.path)

@@ -1,7 +1,8 @@
 """The one place that maps errors to QMP error classes.
 
     CommandError (class_, desc)     raised by the command core and argument checking
-      QemuIoFailed (text)           a qemu-io command that failed; HMP prints ``text`` as is
+      BareError (text)              HMP prints ``text`` as is, without "Error: " (QEMU's commit)
+        QemuIoFailed (text)         a qemu-io command that failed
     images.errors.BlockError tree   raised by the block layer
 
 ``qmp_error(exc)`` turns either into ``{"class": ..., "desc": ...}``.  The console
@@ -25,16 +26,21 @@ class CommandError(Exception):
         self.hint = hint        # QEMU's error_append_hint: a second line HMP prints, QMP does not
 
 
-class QemuIoFailed(CommandError):
+class BareError(CommandError):
+    """An error HMP prints as ``text``, without QEMU's "Error: " prefix (HMP ``commit``
+    prints its errors that way); QMP sends its text without the last newline."""
+
+    def __init__(self, text: str, class_: str = GENERIC):
+        super().__init__(text.rstrip("\n"), class_)
+        self.text = text
+
+
+class QemuIoFailed(BareError):
     """A qemu-io command that ran and failed (``read -P`` mismatch, bad argument, I/O error).
 
     HMP prints ``text`` exactly as qemu-io would and counts the command as failed;
     QMP sends a GenericError whose desc is that text without its last newline.
     """
-
-    def __init__(self, text: str):
-        super().__init__(text.rstrip("\n"))
-        self.text = text
 
 
 def qmp_error(exc: Exception) -> dict:

@@ -16,7 +16,7 @@ from images.errors import BlockError
 
 from . import hmp_info as info_text
 from .args import _SPACE, ParseError, parse_arguments
-from .errors import CommandError, QemuIoFailed, qmp_error
+from .errors import BareError, CommandError, qmp_error
 from .hmp_exports import (hmp_info_block_exports, hmp_info_blockstats,  # noqa: F401 (adapters)
                           hmp_nbd_server_add, hmp_nbd_server_remove, hmp_nbd_server_start,
                           hmp_nbd_server_stop)
@@ -81,7 +81,7 @@ class HmpInterpreter:
     def _run(self, adapter, args: dict, quit: bool = False) -> HmpResult:
         try:
             return HmpResult(adapter(self, args), True, quit)
-        except QemuIoFailed as err:
+        except BareError as err:
             return HmpResult(err.text, False)
         except (CommandError, BlockError) as err:
             hint = getattr(err, "hint", None)      # QEMU's error_append_hint: a second line
@@ -115,6 +115,20 @@ def hmp_block_stream(hmp, args):
     if "speed" in args:
         qmp["speed"] = args["speed"]
     hmp.core.execute("block-stream", qmp)
+    return ""
+
+
+def hmp_commit(hmp, args):
+    hmp.core.execute("x-blockmon-commit", {"device": args["device"]})
+    return ""
+
+
+def hmp_block_commit(hmp, args):
+    qmp = {"device": args["device"]}
+    for name in ("top", "base", "speed"):
+        if name in args:
+            qmp[name] = args[name]
+    hmp.core.execute("block-commit", qmp)
     return ""
 
 
@@ -202,6 +216,10 @@ def hmp_info_version(hmp, args):
 
 def hmp_info_block_jobs(hmp, args):
     return info_text.format_block_jobs(hmp.core.execute("query-block-jobs", {}))
+
+
+def hmp_info_merge_cost(hmp, args):
+    return info_text.format_merge_cost(hmp.core.execute("x-blockmon-merge-cost", args))
 
 
 def adapter_of(command: HmpCommand, info: bool = False):

@@ -61,6 +61,18 @@ def format_block_jobs(jobs: Iterable[dict]) -> str:
     return "".join(lines) or "No active jobs\n"
 
 
+def format_merge_cost(cost: dict) -> str:
+    """``info merge-cost``: what a stream and a commit onto base would each write."""
+    def line(command, part):
+        total = part["data"] + part["zero"]
+        return "  %-34s writes %d bytes (%.1f MiB) into %s, %d of them zeros\n" % (
+            command, total, total / 1048576, part["target"], part["zero"])
+    device, base = cost["device"], cost["base"]
+    return ("Merging %s down to %s (%s stays, the layers above it go):\n" % (device, base, base)
+            + line("block_stream %s 0 %s" % (device, base), cost["stream"])
+            + line("block_commit %s %s %s" % (device, cost["top"], base), cost["commit"]))
+
+
 # -- info block ------------------------------------------------------------------------
 def format_block(devices: Iterable[dict], verbose: bool = False,
                  device: Optional[str] = None) -> str:

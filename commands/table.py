@@ -61,6 +61,11 @@ INFO_COMMANDS: Tuple[HmpCommand, ...] = (
                "show which image of the backing chain holds each part of the disk, "
                "shaded by how much of it (blockmon)",
                qmp="x-blockmon-block-map", ours=True),
+    HmpCommand("merge-cost", "device:B,base:s?", "device [base]",
+               "show the bytes a stream and a commit onto base (default: the bottom of the "
+               "chain) would each copy (blockmon)",
+               qmp="x-blockmon-merge-cost", ours=True,
+               complete={"device": "devices", "base": "backing"}),
     HmpCommand("dirty-bitmaps", "device:B?", "[device]",
                "show the dirty bitmaps of each node of one block device or all block devices "
                "(blockmon)", qmp="x-blockmon-query-dirty-bitmaps", ours=True,
@@ -77,6 +82,14 @@ HMP_COMMANDS: Tuple[HmpCommand, ...] = (
     HmpCommand("block_stream", "device:B,speed:o?,base:s?", "device [speed [base]]",
                "copy data from a backing file into a block device", qmp="block-stream",
                complete={"base": "backing"}, word_fallback={"speed": "base"}),
+    HmpCommand("commit", "device:B", "device|all",
+               "commit changes to the disk images (if -snapshot is used) or backing files",
+               qmp="x-blockmon-commit", complete={"device": "devices"}),
+    HmpCommand("block_commit", "device:B,top:s?,base:s?,speed:o?", "device [top [base]] [speed]",
+               "merge the images from top (default: the active image) down into base "
+               "(default: the bottom of the chain) while the disk stays in use (blockmon)",
+               qmp="block-commit", ours=True,
+               complete={"device": "devices", "top": "backing", "base": "backing"}),
     HmpCommand("drive_mirror", "reuse:-n,full:-f,device:B,target:s,format:s?",
                "[-n] [-f] device target [format]",
                "initiates live storage\n\t\t\t"
@@ -214,6 +227,12 @@ _STREAM_SCHEMA = {
     "*backing-file": "str", "*speed": "int", "*on-error": "BlockdevOnError",
     "*auto-finalize": "bool", "*auto-dismiss": "bool",
 }
+_COMMIT_SCHEMA = {
+    "*job-id": "str", "device": "str", "*base-node": "str", "*base": "str",
+    "*top-node": "str", "*top": "str", "*backing-file": "str", "*speed": "int",
+    "*on-error": "BlockdevOnError", "*filter-node-name": "str",
+    "*auto-finalize": "bool", "*auto-dismiss": "bool",
+}
 _BACKUP_SCHEMA = {
     "*job-id": "str", "device": "str", "sync": "MirrorSyncMode", "*speed": "int",
     "*bitmap": "str", "*bitmap-mode": "BitmapSyncMode", "*compress": "bool",
@@ -242,6 +261,7 @@ QMP_COMMANDS: Tuple[QmpCommand, ...] = (
     QmpCommand("query-block", "qmp_handlers.query_block"),
     QmpCommand("query-block-jobs", "qmp_handlers.query_block_jobs"),
     QmpCommand("block-stream", "block_stream.start_stream", _STREAM_SCHEMA),
+    QmpCommand("block-commit", "block_commit.start_commit", _COMMIT_SCHEMA),
     QmpCommand("drive-mirror", "mirror.drive_mirror",
                dict(_MIRROR_COMMON, **{"*format": "str", "*node-name": "str",
                                        "*mode": "NewImageMode", "*unmap": "bool"})),
@@ -276,6 +296,9 @@ QMP_COMMANDS: Tuple[QmpCommand, ...] = (
                {"command-line": "str", "*cpu-index": "int"}),
     QmpCommand("x-blockmon-qemu-io", "qmp_handlers.qemu_io", {"device": "str", "command": "str"}),
     QmpCommand("x-blockmon-block-map", "qmp_handlers.block_map", {"device": "str"}),
+    QmpCommand("x-blockmon-commit", "block_commit.commit_device", {"device": "str"}),
+    QmpCommand("x-blockmon-merge-cost", "block_commit.merge_cost",
+               {"device": "str", "*base": "str"}),
     QmpCommand("drive-backup", "backup.drive_backup", _BACKUP_SCHEMA),
     QmpCommand("blockdev-backup", "backup.blockdev_backup", _NODE_BACKUP_SCHEMA),
     QmpCommand("block-dirty-bitmap-add", "bitmaps.add",

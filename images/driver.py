@@ -178,6 +178,17 @@ class BlockImage:
         returns (host_offset, length).  Only when ``takes_batch_copy()``."""
         raise NotImplementedError
 
+    def overwrite_batch(self, pieces: List[Piece]):
+        """Copy the whole-cluster pieces that land on data this image alone holds, in
+        place; returns (pieces over unallocated clusters, other pieces, host ranges
+        written).  Only when ``takes_batch_copy()``."""
+        raise NotImplementedError
+
+    def make_empty(self) -> None:
+        """Drop every cluster, so the whole image reads through to its backing file
+        (QEMU's bdrv_make_empty, after HMP ``commit``)."""
+        raise NotImplementedError
+
     def info(self) -> dict:
         """qemu-img-info-like facts: format, virtual-size, cluster-size, actual-size,
         and for qcow2 a ``format-specific`` dict (compat, refcount-bits, ...)."""

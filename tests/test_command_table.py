@@ -33,12 +33,13 @@ def test_entry_has_help_and_compiles(cmd, prefix):
 
 @pytest.mark.parametrize("cmd, prefix", ALL, ids=IDS)
 def test_params_match_args_type(cmd, prefix):
-    """Every argument appears in params in order, optional ones bracketed, flags as [-x]."""
+    """Every argument appears in params in order, optional ones bracketed, flags as [-x];
+    QEMU's ``device|all`` is one argument with two spellings."""
     specs = compile_args(cmd.args_type)
     params = cmd.params.replace('"', "")
     if params.startswith(cmd.primary + " ") or params == cmd.primary:
         params = params[len(cmd.primary):]    # QEMU's nbd_server_* params repeat the name
-    tokens = re.findall(r"\[-\w\]|[\w:-]+|\[|\]", params)
+    tokens = re.findall(r"\[-\w\]|[\w:-]+(?:\|[\w-]+)*|\[|\]", params)
     flags = [t for t in tokens if t.startswith("[-")]
     assert flags == ["[-%s]" % s.kind.flag for s in specs if s.is_flag]
     positional = [s for s in specs if not s.is_flag]

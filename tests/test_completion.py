@@ -46,7 +46,7 @@ def complete_line(line, core=None):
                             "block_job_resume", "block_job_set_speed", "block_job_wait"]),
     ("inf", "inf", ["info"]),
     ("info ", "", ["block", "block-exports", "block-jobs", "blockmap", "blockstats",
-                   "dirty-bitmaps", "version"]),
+                   "dirty-bitmaps", "merge-cost", "version"]),
     ("info bl", "bl", ["block", "block-exports", "block-jobs", "blockmap", "blockstats"]),
     ("info block ", "", ["ide0-hd0", "virtio0"]),
     ("info blockmap ", "", ["A", "B", "C", "D", "disk", "ide0-hd0", "virtio0"]),

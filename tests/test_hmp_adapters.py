@@ -173,6 +173,8 @@ def test_info_alone_and_help_info_list_the_subcommands():
         "info block-jobs  -- show progress of ongoing block device operations",
         "info blockmap [device] -- show which image of the backing chain holds each part of the "
         "disk, shaded by how much of it (blockmon)",
+        "info merge-cost device [base] -- show the bytes a stream and a commit onto base "
+        "(default: the bottom of the chain) would each copy (blockmon)",
         "info dirty-bitmaps [device] -- show the dirty bitmaps of each node of one block device "
         "or all block devices (blockmon)",
         "info blockstats  -- show block device statistics",

@@ -59,5 +59,5 @@ def test_refused(name, arguments, desc):
 
 
 def test_unknown_command():
-    assert error_of("block-commit", {}) == {"class": COMMAND_NOT_FOUND,
-                                             "desc": "The command block-commit has not been found"}
+    assert error_of("block-backup", {}) == {"class": COMMAND_NOT_FOUND,
+                                             "desc": "The command block-backup has not been found"}

@@ -1,4 +1,4 @@
-"""The format-free copy planner of the block jobs (the stream's fast path, later mirror's).
+"""The format-free copy planner of the block jobs (the fast path of stream and commit).
 
 A batch is planned once from the chain's extents (``chain.extents_above``): every
 top cluster wholly covered by plain data extents (host offset known, in a layer
@@ -8,6 +8,11 @@ into one new host run).  Everything else (partial clusters at the edges of a run
 compressed clusters, zero and unallocated ranges, wrapped images such as the fault
 injector) is handed back to the caller for the normal write path, which
 copies-on-write.
+
+``copy_extents`` is the one copy step both jobs take: the stream copies into the
+top (whose clusters there are unallocated), the commit into the base (which may
+already hold data there: ``overwrite``, copied in place over clusters the base
+alone holds as plain data).
 
 ``Writeback`` starts the kernel writing copied ranges back while the copy goes on
 (``sync_file_range(SYNC_FILE_RANGE_WRITE)``), so the fsync that must precede the
@@ -132,6 +137,39 @@ def _place(span: List[Piece], cluster_size: int, fast: List[Piece], rest: List[R
                 rest.append(Run(DATA, c, d - c, None, piece.depth))
 
 
+def copy_extents(target, layers, extents: List[Run], overwrite: bool = False):
+    """Copy ``extents`` (depth relative to ``layers[1]``, where ``layers[0]`` is
+    ``target``) into ``target``: whole clusters of plain data kernel-side, the rest
+    (edges, compressed, zero ranges) through the write path.  Returns (bytes copied,
+    host ranges written kernel-side, for ``Writeback``).  Caller holds ``target.lock``."""
+    rest, copied, written = extents, 0, []
+    if fast_path_top(target):
+        fast, rest = plan_batch(extents, layers, target.cluster_size)
+        if overwrite and fast:
+            fast, other, written = target.overwrite_batch(fast)
+            copied += sum(length for _host, length in written)
+            rest = sorted(rest + [Run(DATA, p.guest, p.length, None, p.depth) for p in other],
+                          key=lambda r: r.offset)
+        host, length = target.copy_batch(fast)
+        if length:
+            written.append((host, length))
+        copied += length
+    for run in rest:
+        copied += _copy_run(target, layers, run)
+    return copied, written
+
+
+def _copy_run(target, layers, run: Run) -> int:
+    if run.kind == UNALLOCATED:
+        return 0
+    if run.kind == ZERO:
+        target.write_zeroes(run.offset, run.length)
+        return run.length
+    # DATA: read it from the layer that holds it
+    target.write(run.offset, layers[1 + run.depth].read(run.offset, run.length))
+    return run.length
+
+
 class Writeback:
     """Start writeback of copied ranges early (a hint; the final fsync makes them durable)."""
 
@@ -154,3 +192,10 @@ class Writeback:
     def start(self, fd: int, offset: int, length: int) -> None:
         if self._call is not None and length > 0 and fd >= 0:
             self._call(fd, offset, length, SYNC_FILE_RANGE_WRITE)   # errors: only a hint
+
+    def start_all(self, fd: Optional[int], ranges) -> None:
+        """One call for the span of all ``ranges`` (pages not dirty there cost nothing)."""
+        if ranges:
+            low = min(offset for offset, _ in ranges)
+            high = max(offset + length for offset, length in ranges)
+            self.start(-1 if fd is None else fd, low, high - low)

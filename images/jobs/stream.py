@@ -15,17 +15,15 @@ While it runs the job holds QEMU's lock bytes of a stream on the top (images/loc
 and gives them back when it ends.
 """
 import os
-import time
 
 from ..chain import chain_of
-from ..driver import UNALLOCATED, ZERO
-from ..errors import BlockError, ImageIOError
+from ..errors import BlockError
 from ..locking import JOB_WRITER
-from .blockjob import BlockJob
-from .copy_plan import Writeback, clipped, fast_path_top, next_window, plan_batch, work_extents
+from .copy_plan import clipped, copy_extents, fast_path_top, work_extents
+from .range_copy import COPY_BATCH, COPY_CHUNK, RangeCopyJob
 
-STREAM_CHUNK = 512 * 1024          # QEMU's chunk: the step while a speed is set
-STREAM_BATCH = 4 * 1024 * 1024     # the step at full speed: one lock hold each (guest p99)
+STREAM_CHUNK = COPY_CHUNK
+STREAM_BATCH = COPY_BATCH
 
 
 def backing_reference_for(top, base, explicit=None):
@@ -45,26 +43,21 @@ def backing_reference_for(top, base, explicit=None):
     return base.path
 
 
-class StreamJob(BlockJob):
+class StreamJob(RangeCopyJob):
     job_type = "stream"
     # QEMU's stream_run passes is_read=true: the failed request is the copy-on-read
     # prefetch, even when it was the write into the top that failed.
     error_operation = "read"
 
     def __init__(self, job_id, events, top, base, *, backing_file=None,
-                 on_finished=None, chunk_size=STREAM_CHUNK, batch_size=STREAM_BATCH,
-                 **job_options):
+                 on_finished=None, **job_options):
         super().__init__(job_id, events, **job_options)
         self.top = top
         self.base = base
-        self.chunk_size = chunk_size
-        self.batch_size = max(batch_size, chunk_size)
-        self._writeback = Writeback()
         self.new_backing_name = backing_reference_for(top, base, backing_file)
         self.new_backing_format = base.format_name if base is not None else None
         self._on_finished = on_finished
         self._was_read_only = top.read_only
-        self._attempted = (0, 0)    # the range the current step works on
         # QEMU: streaming onto the direct backing file (or without one) copies
         # nothing and reports len 0; otherwise len is known before block-stream
         # returns, so 'info block-jobs' typed at once never shows "of 0 bytes".
@@ -72,6 +65,10 @@ class StreamJob(BlockJob):
         self.nothing_to_stream = top.backing is base
         if not self.nothing_to_stream:
             self.set_len(top.virtual_size)
+
+    @property
+    def nothing_to_copy(self) -> bool:
+        return self.nothing_to_stream
 
     # -- rights on the top ---------------------------------------------------
     def start(self):
@@ -103,51 +100,8 @@ class StreamJob(BlockJob):
             raise
 
     # -- the body ------------------------------------------------------------
-    def run(self):
-        top = self.top
-        if self.nothing_to_stream:
-            return
-        length = self.len
-        offset, window, narrow_end = 0, self.batch_size, 0
-        while offset < length:
-            if not self.checkpoint():
-                return
-            # Small steps keep a rate limit accurate and pin a failure down to QEMU's
-            # chunk; big ones amortise the planning.
-            narrow = offset < narrow_end
-            step = self.chunk_size if self.speed or narrow else self.batch_size
-            window = step if narrow else max(window, step)
-            started = time.monotonic()
-            try:
-                advance, copied = self._stream_chunk(offset, min(window, length - offset), step)
-            except ImageIOError as err:   # corrupt metadata too: EIO, as in QEMU
-                start, end = self._attempted
-                if end - start > self.chunk_size:
-                    narrow_end = end      # redo a failed batch in QEMU's chunks first
-                    continue
-                advance = self._apply_policy(err, offset, end)
-                if advance is None:
-                    continue
-                copied = 0
-            window = next_window(window, step, advance, time.monotonic() - started)
-            self.account_copied(copied)
-            self.progress(advance)
-            offset += advance
-        self._early_flush()
 
-    def _apply_policy(self, err, offset, end):
-        """on-error for the chunk [.., end) that failed: None to retry it (stop, then
-        resumed), the bytes to skip (ignore), or the error raised again (report)."""
-        action = self.error_action(err)
-        if action == "retry":
-            return None
-        if action != "ignore":
-            raise err
-        # Skip the chunk; it is never empty, so the job moves on where QEMU 7.2's
-        # stream_run loops on the same offset for ever.
-        return end - offset
-
-    def _stream_chunk(self, offset, window, step):
+    def copy_window(self, offset, window, step):
         """Find the first range in [offset, offset+window) that needs copying and copy
         at most ``step`` bytes from there; returns (bytes advanced, bytes copied).
 
@@ -157,40 +111,20 @@ class StreamJob(BlockJob):
         through the write path.
         """
         top = self.top
-        written = (0, 0)
         with top.lock:
-            self._attempted = (offset, offset + min(window, step))
-            extents = self._plan(offset, window, step)
+            extents = self.plan(lambda at, n: work_extents(top, self.base, at, n),
+                                offset, window, step)
             if not extents:
                 return window, 0
             start = max(offset, extents[0].offset // top.cluster_size * top.cluster_size)
             end = min(offset + window, start + step)
-            self._attempted = (start, end)
-            extents = clipped(extents, start, end)
-            layers = chain_of(top)
-            rest, copied = extents, 0
-            if fast_path_top(top):
-                fast, rest = plan_batch(extents, layers, top.cluster_size)
-                written = top.copy_batch(fast)
-                copied = written[1]
-            for below in rest:
-                copied += self._copy_run(layers, below)
-            fd = top.data_fd() if written[1] else -1
-        self._writeback.start(fd, *written)   # outside the lock: guest I/O goes on
+            self.attempted = (start, end)
+            copied, written = copy_extents(top, chain_of(top), clipped(extents, start, end))
+            fd = top.data_fd() if written else -1
+        self.writeback.start_all(fd, written)   # outside the lock: guest I/O goes on
         return end - offset, copied
 
-    def _plan(self, offset, window, step):
-        """work_extents over the window; when the look-ahead past this step meets metadata
-        that cannot be read, plan this step alone, so that the error (if it is in this
-        step) is reported for the range the job is really copying now."""
-        try:
-            return work_extents(self.top, self.base, offset, window)
-        except ImageIOError:
-            if window <= step:
-                raise
-        return work_extents(self.top, self.base, offset, step)
-
-    def _early_flush(self):
+    def after_copy(self):
         """fsync the top without its lock, so that the locked flush in prepare (which
         makes the completion durable) has little left and guest writes wait less."""
         if fast_path_top(self.top):
@@ -198,17 +132,6 @@ class StreamJob(BlockJob):
                 os.fsync(self.top.data_fd())
             except OSError:
                 pass    # prepare's flush reports the error
-
-    def _copy_run(self, layers, run):
-        if run.kind == UNALLOCATED:
-            return 0
-        if run.kind == ZERO:
-            self.top.write_zeroes(run.offset, run.length)
-            return run.length
-        # DATA: read it from the layer that holds it (depth counts from top.backing)
-        source = layers[1 + run.depth]
-        self.top.write(run.offset, source.read(run.offset, run.length))
-        return run.length
 
     # -- completion ----------------------------------------------------------
     def prepare(self):

@@ -1,6 +1,10 @@
-"""The qcow2 half of the kernel-side copy: a batch of whole clusters into one new host run.
+"""The qcow2 half of the kernel-side copy: a batch of whole clusters into one new host run,
+or over clusters the image already holds.
 
-``BatchWriter.copy_batch`` is the one entry point (mixed into ``Qcow2Image``).  The
+``BatchWriter.copy_batch`` is the entry point for unallocated clusters (mixed into
+``Qcow2Image``); ``overwrite_batch`` (a commit writes into a base that holds data)
+copies in place over plain data clusters this image alone references and hands
+back the pieces over unallocated clusters (for ``copy_batch``) and the rest.  The
 caller (the format-free planner, ``images/jobs/copy_plan``) hands it pieces that
 cover whole, unallocated clusters of this image, each read from another file at a
 known offset; the bytes go with ``os.copy_file_range`` and never pass through Python.
@@ -16,7 +20,7 @@ from typing import List, Tuple
 
 from ..driver import Piece
 from ..errors import ImageIOError
-from .format import QCOW_OFLAG_COPIED
+from .format import L2E_OFFSET_MASK, QCOW_OFLAG_COPIED, image_error
 
 MAX_COPY_CALL = 1 << 30      # one copy_file_range request; the kernel may do less
 
@@ -40,6 +44,47 @@ class BatchWriter:
         self.refcounts.update(host, total, +1)
         self._install_batch(pieces, host)
         return host, total
+
+    def overwrite_batch(self, pieces: List[Piece]):
+        """Copy the parts of the pieces (sorted, whole clusters) that land on plain data
+        clusters this image alone references, in place (only data is written: a kill
+        leaves the metadata as it was).  Returns (pieces over unallocated clusters,
+        pieces over anything else, host ranges written).  Caller holds ``self.lock``."""
+        self._check_writable()
+        fresh, other, written = [], [], []
+        for p in pieces:
+            for l1_index, start, end in self._segments(p.guest, p.length):
+                for owned, lo, hi, host in self._cluster_runs(l1_index, start, end):
+                    part = p._replace(guest=lo, length=hi - lo, source=p.source + lo - p.guest)
+                    if owned:
+                        self.overlap.check(host, hi - lo, lo)
+                        _copy(p.fd, self.io.fd, part.source, host, hi - lo, self.path)
+                        written.append((host, hi - lo))
+                    else:
+                        (fresh if host == 0 else other).append(part)
+        return fresh, other, written
+
+    def _cluster_runs(self, l1_index: int, start: int, end: int):
+        """(owned, lo, hi, host) runs of one L2 table's range: owned runs are host-contiguous
+        plain data (host = where lo lives); others say host 0 when every entry is 0."""
+        csize = self.cluster_size
+        first, count = self.map.slots(start, end)
+        entries = self.map.entries(l1_index, first, count)
+        limit = self.refcounts.free_index << self.map.cluster_bits
+        i = 0
+        while i < count:
+            owned = self._owned(entries[i])
+            j = i + 1
+            while j < count and self._owned(entries[j]) == owned and (
+                    entries[j] & L2E_OFFSET_MASK == (entries[j - 1] & L2E_OFFSET_MASK) + csize
+                    if owned else (entries[j] == 0) == (entries[i] == 0)):
+                j += 1
+            host = entries[i] & L2E_OFFSET_MASK if owned else (1 if entries[i] else 0)
+            if owned and host + (j - i) * csize > limit:
+                raise image_error(self.path, "data cluster offset %#x past the end of the "
+                                  "file" % host, host)
+            yield owned, start + i * csize, start + j * csize, host
+            i = j
 
     def _check_batch_tables(self, pieces: List[Piece]) -> None:
         """Refuse, before anything is copied, a batch whose L2 tables (taken from L1) lie

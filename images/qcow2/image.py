@@ -189,6 +189,13 @@ class Qcow2Image(Qcow2Bitmaps, Qcow2Writer, BatchWriter, CompressedWriter, Block
                     self.io.close()     # the kernel drops the lock bytes with the description
                     self.io, self.file_lock = None, None
 
+    def make_empty(self) -> None:
+        """Every L2 entry to 0 (unallocated, the backing file shows through), as QEMU's
+        qcow2_make_empty after HMP commit; entries go before refcounts (a kill leaks)."""
+        with self.lock:
+            self._check_writable()
+            self._set_clusters(0, self.virtual_size, 0)
+
     def set_read_only(self, read_only: bool) -> None:
         with self.lock:
             if read_only == self.read_only:
