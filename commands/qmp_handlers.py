@@ -67,15 +67,74 @@ def job_dismiss(core, args):
     return core.find_job(args["id"]).dismiss()
 
 
-def generic_job_dismiss(core, args):
-    """job-qmp.c: the generic job commands find jobs with find_job_locked, whose miss is
-    a GenericError 'Job not found' (the block-job-* ones say DeviceNotActive)."""
+# -- the generic job-* commands (job-qmp.c): any job by "id" ------------------------------
+def _generic_job(core, args):
+    """find_job_locked: its miss is a GenericError 'Job not found' (the block-job-* ones
+    say DeviceNotActive 'Block job ... not found')."""
     try:
-        return core.find_job(args["id"]).dismiss()
+        return core.find_job(args["id"])
     except JobError as err:
         if err.not_found:
             raise CommandError("Job not found") from err
         raise
+
+
+def _generic_verb(verb):
+    def handler(core, args):
+        job = _generic_job(core, args)
+        try:
+            return verb(job)
+        except JobError as err:
+            if err.not_found:       # the job ended between the lookup and the verb
+                raise CommandError("Job not found") from err
+            raise
+    handler.__doc__ = "job-qmp.c's job-%s." % verb.__name__.lstrip("_")
+    return handler
+
+
+def _pause(job):
+    return job.pause()
+
+
+def _resume(job):
+    return job.resume()
+
+
+def _cancel(job):
+    return job.cancel(True)        # job_user_cancel(job, true, ...): always a force cancel
+
+
+def _complete(job):
+    return job.complete()
+
+
+def _finalize(job):
+    return job.finalize()
+
+
+def _dismiss(job):
+    return job.dismiss()
+
+
+generic_job_pause = _generic_verb(_pause)
+generic_job_resume = _generic_verb(_resume)
+generic_job_cancel = _generic_verb(_cancel)
+generic_job_complete = _generic_verb(_complete)
+generic_job_finalize = _generic_verb(_finalize)
+generic_job_dismiss = _generic_verb(_dismiss)
+
+
+def query_jobs(core, args):
+    """JobInfo: QEMU's member order; progress is offset of len (job_query_single)."""
+    infos = []
+    for job in core.jobs():
+        info = job.info()
+        entry = {"current-progress": info["offset"], "status": info["status"],
+                 "total-progress": info["len"], "type": info["type"], "id": info["device"]}
+        if info.get("error") is not None:
+            entry["error"] = info["error"]
+        infos.append(entry)
+    return infos
 
 
 # -- guest and human paths ------------------------------------------------------------------

@@ -283,7 +283,13 @@ QMP_COMMANDS: Tuple[QmpCommand, ...] = (
     QmpCommand("block-job-complete", "qmp_handlers.block_job_complete", {"device": "str"}),
     QmpCommand("block-job-finalize", "qmp_handlers.job_finalize", {"id": "str"}),
     QmpCommand("block-job-dismiss", "qmp_handlers.job_dismiss", {"id": "str"}),
-    # QEMU 3.0's generic twin of block-job-dismiss
+    # QEMU 3.0's generic job commands (job-qmp.c): any job, by "id"
+    QmpCommand("query-jobs", "qmp_handlers.query_jobs"),
+    QmpCommand("job-pause", "qmp_handlers.generic_job_pause", {"id": "str"}),
+    QmpCommand("job-resume", "qmp_handlers.generic_job_resume", {"id": "str"}),
+    QmpCommand("job-cancel", "qmp_handlers.generic_job_cancel", {"id": "str"}),
+    QmpCommand("job-complete", "qmp_handlers.generic_job_complete", {"id": "str"}),
+    QmpCommand("job-finalize", "qmp_handlers.generic_job_finalize", {"id": "str"}),
     QmpCommand("job-dismiss", "qmp_handlers.generic_job_dismiss", {"id": "str"}),
     QmpCommand("blockdev-snapshot-sync", "snapshot.snapshot_sync", _SNAPSHOT_SCHEMA),
     QmpCommand("human-monitor-command", "qmp_handlers.human_monitor_command",

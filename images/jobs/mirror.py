@@ -98,7 +98,16 @@ class MirrorJob(BlockJob):
         self._ready_reported = False
         self._should_complete = False
         self._soft_cancel = False
+        self._failed_since_progress = set()
+        self._switch_error = None
         self.pivoted = False
+
+    @property
+    def switch_at_finalize(self) -> bool:
+        """Complete with auto-finalize off: the switch waits for job-finalize (QEMU
+        pivots in the job's prepare), and guest writes stay tracked until then."""
+        return (self._should_complete and not self.auto_finalize and not self._cancelled
+                and self._pivot is not None)
 
     @property
     def finishing(self) -> bool:
@@ -140,7 +149,7 @@ class MirrorJob(BlockJob):
         finally:
             # Unhook from the guest path here, holding no job lock: a guest write in
             # flight may still call guest_write, which takes the job's lock.
-            if self._detach is not None:
+            if self._detach is not None and not self.switch_at_finalize:
                 self._detach(self)
 
     def _run_body(self):
@@ -188,6 +197,7 @@ class MirrorJob(BlockJob):
         for fd, host, length in written:
             self._writeback.start(fd, host, length)
         advanced = sum(length for _offset, length in runs)
+        self._failed_since_progress.clear()
         with self._lock:
             self.offset += advanced
             self.len = self.offset + self.bitmap.count()
@@ -211,16 +221,28 @@ class MirrorJob(BlockJob):
         return taken
 
     def _copy_failed(self, err, runs) -> bool:
-        """The on-source-error / on-target-error policy for a failed copy."""
+        """The on-source-error / on-target-error policy for a failed copy.
+
+        The range stays dirty whatever the policy (QEMU's mirror re-dirties it), so
+        'ignore' and a resumed 'stop' copy it again on a later pass.  'ignore' differs
+        from QEMU in one way: a range failing again before any copy succeeded since
+        its last failure (a whole pass without progress) fails the job with that
+        error, where QEMU retries forever.  While the switch waits for job-finalize
+        (status 'pending') there is no policy: the error fails the job."""
         for offset, length in runs:
             self.bitmap.set_dirty(offset, length)
+        if self.status == "pending":
+            raise err
         self.on_error = self.on_target_error if err.operation == "write" else self.on_source_error
         action = self.error_action(err)
         if action == "report":
             raise err
-        if action == "ignore":      # drop the range (QEMU retries it forever)
-            for offset, length in runs:
-                self.bitmap.reset(offset, length)
+        if action == "ignore":
+            # Retried below, not remembered: the job succeeds once the retry copies it.
+            self._ignored_error = None
+            if runs[0][0] in self._failed_since_progress:
+                raise err
+            self._failed_since_progress.add(runs[0][0])
         return True
 
     def _copy_small(self, runs):
@@ -297,10 +319,22 @@ class MirrorJob(BlockJob):
                 return True
             if self._ignored_error is not None:
                 raise self._ignored_error
-            if self._should_complete and self._pivot is not None:
+            if self._should_complete and self._pivot is not None and self.auto_finalize:
                 self._pivot(self)
                 self.pivoted = True
         return True
+
+    def _switch_in_sync(self):
+        """job-finalize of a completed job (guests drained): copy what the guests wrote
+        while it was pending, flush the target, switch."""
+        while self._copy_step():
+            pass
+        self.target.flush()
+        with self._lock:
+            if self._cancelled or self.status != "pending":
+                return
+            self._pivot(self)
+            self.pivoted = True
 
     # -- verbs ---------------------------------------------------------------------
     def on_complete(self):
@@ -318,6 +352,24 @@ class MirrorJob(BlockJob):
                 self._wake.notify_all()
                 return
         super().cancel(force)
+
+    def finalize(self):
+        """job-finalize: the switch, drained, before the generic finalize (whose
+        prepare fails the job if the switch failed).  Run without the job's lock:
+        guest writes take it from inside their own locks."""
+        with self._lock:
+            self._apply_verb("finalize")
+            switch = self.switch_at_finalize and not self.pivoted
+        if switch:
+            try:
+                self._drain(self._switch_in_sync)
+            except Exception as exc:    # the job fails with it, as a failed prepare
+                self._switch_error = exc
+        super().finalize()
+
+    def prepare(self):
+        if self._switch_error is not None:
+            raise self._switch_error
 
     def clean(self):
         if self._on_finished is not None:
