@@ -180,7 +180,7 @@ def spread(samples, out):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", default="2G", help="chain virtual size for make_chain.sh (default 2G)")
+    parser.add_argument("--size", default="2G", help="chain virtual size for bench.make_chain (default 2G)")
     parser.add_argument("--runs", type=int, default=5, help="runs per operation; medians are reported")
     parser.add_argument("--work", help="directory for chains and copies (kept); default a temporary one")
     parser.add_argument("--no-scale", action="store_true", help="skip the 1 TiB virtual-size chain")
