@@ -21,25 +21,26 @@ if ROOT not in sys.path:
 QEMU_HINT = "needs qemu-img and qemu-io: apt-get update && apt-get install -y qemu-utils"
 
 
-def require_qemu():
-    """Skip (or fail under BLOCKMON_REQUIRE_QEMU=1) unless qemu-img and qemu-io exist."""
-    missing = [tool for tool in ("qemu-img", "qemu-io") if shutil.which(tool) is None]
-    if not missing:
-        return
-    message = "%s missing; %s" % (", ".join(missing), QEMU_HINT)
+def skip_or_fail(message):
+    """A test that needs something missing: it skips with ``message``, except under
+    BLOCKMON_REQUIRE_QEMU=1 (CI installs everything), where it fails instead."""
     if os.environ.get("BLOCKMON_REQUIRE_QEMU") == "1":
         pytest.fail(message)
     pytest.skip(message)
+
+
+def require_qemu():
+    """Skip (or fail under BLOCKMON_REQUIRE_QEMU=1) unless qemu-img and qemu-io exist."""
+    missing = [tool for tool in ("qemu-img", "qemu-io") if shutil.which(tool) is None]
+    if missing:
+        skip_or_fail("%s missing; %s" % (", ".join(missing), QEMU_HINT))
 
 
 def require_tool(name, package=None):
     """Skip (or fail under BLOCKMON_REQUIRE_QEMU=1) unless the program ``name`` is installed."""
     if shutil.which(name) is not None:
         return shutil.which(name)
-    message = "%s missing; apt-get install -y %s" % (name, package or name)
-    if os.environ.get("BLOCKMON_REQUIRE_QEMU") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+    skip_or_fail("%s missing; apt-get install -y %s" % (name, package or name))
 
 
 def require_qemu_system():

@@ -29,7 +29,7 @@ import subprocess
 import tempfile
 import time
 
-import pytest
+from conftest import skip_or_fail
 
 BUSYBOX = "/bin/busybox"
 QEMU = "qemu-system-x86_64"
@@ -88,10 +88,7 @@ def require_guest_vm():
     missing = missing_parts()
     if not missing:
         return
-    message = "%s missing; %s" % (", ".join(missing), HINT)
-    if os.environ.get("BLOCKMON_REQUIRE_QEMU") == "1":
-        pytest.fail(message)
-    pytest.skip(message)
+    skip_or_fail("%s missing; %s" % (", ".join(missing), HINT))
 
 
 # -- cpio (newc) ---------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ import time
 
 import pytest
 
-from conftest import ROOT, connect_when_listening, require_qemu, run
+from conftest import ROOT, connect_when_listening, require_qemu, run, skip_or_fail
 from oracle import check_clean, info
 from qmp_clients import QmpEventClient, remove_tree, short_tempdir
 
@@ -31,10 +31,7 @@ def require_tools(*tools):
     require_qemu()
     missing = [tool for tool in tools if shutil.which(tool) is None]
     if missing:
-        message = "%s missing (Debian: qemu-utils, qemu-system-x86, libnbd-bin)" % ", ".join(missing)
-        if os.environ.get("BLOCKMON_REQUIRE_QEMU") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail("%s missing (Debian: qemu-utils, qemu-system-x86, libnbd-bin)" % ", ".join(missing))
 
 
 def dirty_ranges(path, name):

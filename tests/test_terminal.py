@@ -14,6 +14,8 @@ import uuid
 
 import pytest
 
+from conftest import skip_or_fail
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEADLINE = 60.0
 
@@ -22,10 +24,7 @@ DEADLINE = 60.0
 def tmux_required():
     """CI installs tmux, so there its absence fails; elsewhere the test skips with a hint."""
     if shutil.which("tmux") is None:
-        message = "needs tmux: apt-get install -y tmux"
-        if os.environ.get("BLOCKMON_REQUIRE_QEMU") == "1":
-            pytest.fail(message)
-        pytest.skip(message)
+        skip_or_fail("needs tmux: apt-get install -y tmux")
 
 
 class Tmux:
