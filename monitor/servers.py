@@ -151,7 +151,7 @@ class MonitorServers:
 
     def _listen(self, spec) -> socket.socket:
         try:
-            sock = _bind_unix(spec.path) if spec.kind == "unix" else _bind_tcp(spec.host, spec.port)
+            sock = bind_unix(spec.path) if spec.kind == "unix" else bind_tcp(spec.host, spec.port)
         except OSError as err:
             raise MonitorStartError("cannot listen on %s: %s"
                                     % (spec.describe(), err.strerror or err)) from err
@@ -198,7 +198,7 @@ def _parse(spec, option: str) -> ChardevSpec:
         raise ChardevError("%s: %s" % (option, err)) from None
 
 
-def _bind_unix(path: str) -> socket.socket:
+def bind_unix(path: str) -> socket.socket:
     _remove_stale_socket(path)
     sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     try:
@@ -236,7 +236,7 @@ def _remove_stale_socket(path: str):
     raise OSError("%s is in use by a running server" % path)
 
 
-def _bind_tcp(host: str, port: int) -> socket.socket:
+def bind_tcp(host: str, port: int) -> socket.socket:
     family, kind, proto, _, address = socket.getaddrinfo(
         host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
     sock = socket.socket(family, kind, proto)

@@ -286,9 +286,9 @@ def test_tcp_loopback_port_zero_reports_the_bound_port(capsys):
 
 def test_non_loopback_bind_warns_about_authentication(monkeypatch, capsys):
     import monitor.servers as servers_module
-    real_bind = servers_module._bind_tcp
+    real_bind = servers_module.bind_tcp
     # Bind loopback for real, but through the code path of a 0.0.0.0 spec.
-    monkeypatch.setattr(servers_module, "_bind_tcp", lambda host, port: real_bind("127.0.0.1", 0))
+    monkeypatch.setattr(servers_module, "bind_tcp", lambda host, port: real_bind("127.0.0.1", 0))
     servers = MonitorServers(FakeCore(), ["tcp:0.0.0.0:4444,server=on,wait=off"], []).start()
     servers.stop()
     err = capsys.readouterr().err

@@ -21,7 +21,7 @@ import threading
 
 from commands.errors import CommandError
 from monitor.chardev import ChardevSpec
-from monitor.servers import _bind_tcp, _bind_unix
+from monitor.servers import bind_tcp, bind_unix
 
 from . import protocol as p
 from .negotiation import negotiate
@@ -59,7 +59,7 @@ class NbdServer:
     def _listen(self, address):
         if address["type"] == "unix":
             try:
-                sock = _bind_unix(address["path"])
+                sock = bind_unix(address["path"])
             except OSError as err:
                 raise CommandError("Failed to bind socket to %s: %s"
                                    % (address["path"], err.strerror or err)) from err
@@ -67,7 +67,7 @@ class NbdServer:
             return sock
         host, port = address["host"], address["port"]
         try:
-            return _bind_tcp(host, int(port))
+            return bind_tcp(host, int(port))
         except socket.gaierror as err:
             raise CommandError("address resolution failed for %s:%s: %s"
                                % (host, port, err.strerror)) from err
